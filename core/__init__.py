@@ -1,0 +1,26 @@
+"""fedcompute: federated Function-as-a-Service for science.
+
+Register a Python function once, run it on any endpoint (a laptop, a lab server, an HPC
+cluster behind a firewall) through one self-hosted service.
+"""
+
+from .client import Batch, Client
+from .errors import (
+    FedComputeError,
+    RemoteTraceback,
+    ServiceError,
+    TaskCancelled,
+    TaskExecutionFailed,
+    TaskPending,
+)
+from .executor import ComputeFuture, Executor
+from .protocol import TaskState
+from .shell import ShellFunction, ShellResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch", "Client", "ComputeFuture", "Executor", "FedComputeError", "RemoteTraceback",
+    "ServiceError", "ShellFunction", "ShellResult", "TaskCancelled", "TaskExecutionFailed",
+    "TaskPending", "TaskState", "__version__",
+]

@@ -1,0 +1,1 @@
+"""The fedcompute endpoint: an agent that leases tasks from the service and runs them on Dask."""

@@ -1,0 +1,238 @@
+"""``fedcompute endpoint configure|start|stop|restart|list|delete|job-script NAME``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+from fedcompute.client import Client
+from fedcompute.config import load_credentials
+
+from .config import (
+    config_path,
+    endpoint_dir,
+    endpoints_root,
+    load_config,
+    load_credential,
+    save_credential,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _pid(name: str) -> int | None:
+    path = endpoint_dir(name) / "endpoint.pid"
+    if not path.exists():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (ValueError, OSError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def default_config(engine: str, service_url: str | None, workers: int | None) -> str:
+    template = TEMPLATES / f"{engine}.yaml"
+    if template.exists():
+        text = template.read_text()
+    else:
+        text = f"engine:\n  type: {engine}\n"
+    data = yaml.safe_load(text) or {}
+    header = "# fedcompute endpoint configuration (see `fedcompute endpoint --help`)\n"
+    if service_url:
+        text = f"service_url: {service_url}\n" + text
+    if workers and engine == "local":
+        data.setdefault("engine", {})["workers"] = workers
+        text = (f"service_url: {service_url}\n" if service_url else "") + yaml.safe_dump(data)
+    return header + text
+
+
+@click.group()
+def endpoint() -> None:
+    """Configure and run endpoints (agents that run tasks on a Dask cluster)."""
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--engine", default="local", show_default=True,
+              help="local, slurm, pbs, sge, lsf, htcondor, oar or moab")
+@click.option("--service-url", default=None, help="default: the `fedcompute login` service")
+@click.option("--workers", type=int, default=None, help="local engine: worker processes")
+@click.option("--force", is_flag=True, help="overwrite an existing configuration")
+def configure(name: str, engine: str, service_url: str | None, workers: int | None,
+              force: bool) -> None:
+    """Write a commented configuration for endpoint NAME."""
+    from .engines import ENGINES
+
+    if engine not in ENGINES:
+        raise click.BadParameter(f"choose one of {', '.join(ENGINES)}", param_hint="--engine")
+    path = config_path(name)
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(default_config(engine, service_url, workers))
+    load_config(name)  # the template must itself be valid
+    click.echo(f"wrote {path}")
+
+
+def register(name: str) -> dict:
+    """The endpoint's credential, registering it with the service on first use."""
+    config = load_config(name)
+    saved = load_credential(name)
+    creds = load_credentials(config.service_url)
+    if saved and saved.get("service_url") == creds.service_url:
+        return saved
+    with Client(creds.service_url, creds.token, verify=config.verify_tls) as client:
+        reply = client.register_endpoint(name, (saved or {}).get("endpoint_id"),
+                                         public=config.public, shared_with=config.shared_with,
+                                         allowed_functions=config.allowed_functions)
+    save_credential(name, reply["endpoint_id"], reply["credential"], creds.service_url)
+    return load_credential(name) or {}
+
+
+def run_foreground(name: str) -> None:
+    from .agent import Agent
+
+    config = load_config(name)
+    cred = register(name)
+    directory = endpoint_dir(name)
+    pidfile = directory / "endpoint.pid"
+    pidfile.write_text(str(os.getpid()))
+    agent = Agent(config, cred["endpoint_id"], cred["credential"], cred["service_url"], directory)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())
+    try:
+        agent.start()
+        # Written atomically: `start` and test harnesses read it as soon as it exists.
+        ready = directory / "endpoint.ready.tmp"
+        ready.write_text(json.dumps({"endpoint_id": cred["endpoint_id"], "pid": os.getpid()}))
+        ready.replace(directory / "endpoint.ready")
+        agent._lease_loop()
+    finally:
+        agent.shutdown()
+        (directory / "endpoint.ready").unlink(missing_ok=True)
+        pidfile.unlink(missing_ok=True)
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--foreground", is_flag=True, help="run in this process (logs to stderr)")
+@click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for start")
+def start(name: str, foreground: bool, timeout: float) -> None:
+    """Start endpoint NAME (registers it with the service on first start)."""
+    if _pid(name):
+        raise click.ClickException(f"endpoint {name} is already running (pid {_pid(name)})")
+    directory = endpoint_dir(name)
+    if not config_path(name).exists():
+        raise click.ClickException(
+            f"endpoint {name!r} is not configured: run `fedcompute endpoint configure {name}`")
+    if foreground:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_foreground(name)
+        return
+    cred = register(name)
+    (directory / "endpoint.ready").unlink(missing_ok=True)
+    log = open(directory / "endpoint.log", "ab")  # noqa: SIM115 - handed to the daemon
+    proc = subprocess.Popen([sys.executable, "-m", "fedcompute.endpoint.cli", "start", name,
+                             "--foreground"], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while not (directory / "endpoint.ready").exists():
+        if proc.poll() is not None:
+            raise click.ClickException(
+                f"endpoint {name} exited with {proc.returncode}; see {directory / 'endpoint.log'}")
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"endpoint {name} did not start within {timeout}s")
+        time.sleep(0.1)
+    click.echo(f"endpoint {name} started: id {cred['endpoint_id']}, pid {proc.pid}, "
+               f"log {directory / 'endpoint.log'}")
+
+
+def _stop(name: str, timeout: float) -> bool:
+    pid = _pid(name)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid(name) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid(name) == pid:
+        os.kill(pid, signal.SIGKILL)
+        (endpoint_dir(name) / "endpoint.pid").unlink(missing_ok=True)
+    return True
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--timeout", default=60.0, show_default=True)
+def stop(name: str, timeout: float) -> None:
+    """Stop endpoint NAME: drain running tasks, hand the rest back to the service."""
+    click.echo(f"endpoint {name} stopped" if _stop(name, timeout) else f"{name} is not running")
+
+
+@endpoint.command()
+@click.argument("name")
+@click.pass_context
+def restart(ctx: click.Context, name: str) -> None:
+    """Stop and start endpoint NAME."""
+    _stop(name, 60)
+    ctx.invoke(start, name=name)
+
+
+@endpoint.command("list")
+def list_endpoints() -> None:
+    """Configured endpoints, their ids and whether they run."""
+    root = endpoints_root()
+    for path in sorted(root.glob("*/config.yaml")) if root.exists() else []:
+        name = path.parent.name
+        cred = load_credential(name) or {}
+        state = f"running (pid {_pid(name)})" if _pid(name) else "stopped"
+        click.echo(f"{name}\t{cred.get('endpoint_id', '(not registered)')}\t{state}")
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask")
+def delete(name: str, yes: bool) -> None:
+    """Stop endpoint NAME, delete it from the service and remove its folder."""
+    if not yes:
+        click.confirm(f"delete endpoint {name}?", abort=True)
+    _stop(name, 60)
+    cred = load_credential(name)
+    if cred:
+        creds = load_credentials(cred["service_url"])
+        with Client(creds.service_url, creds.token) as client:
+            client.delete_endpoint(cred["endpoint_id"])
+    shutil.rmtree(endpoint_dir(name), ignore_errors=True)
+    click.echo(f"deleted endpoint {name}")
+
+
+@endpoint.command("job-script")
+@click.argument("name")
+def job_script(name: str) -> None:
+    """Print the batch script the endpoint's engine would submit."""
+    from .engines import get_engine
+
+    config = load_config(name)
+    engine = get_engine(config.engine, endpoint_dir(name))
+    script = getattr(engine, "job_script", None)
+    if script is None:
+        raise click.ClickException(f"engine {config.engine.get('type', 'local')} submits no jobs")
+    click.echo(script())
+
+
+if __name__ == "__main__":
+    endpoint()

@@ -1,0 +1,1 @@
+"""Adapters for workflow engines: Dask, Prefect, Airflow (each an optional extra)."""

@@ -1,0 +1,1 @@
+"""The fedcompute cloud service: Flask API, RQ background work, Redis storage."""

@@ -1,0 +1,94 @@
+"""Endpoint registration, listing, status, sharing and deletion (user side)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fedcompute.protocol import API_VERSION, EndpointRegistration, SharingUpdate
+from flask import Blueprint
+from werkzeug.exceptions import NotFound
+
+from ..auth import ENDPOINT_PREFIX, hash_token, new_token, require_user
+from ..store import sharing_allows
+from . import fed, uuid_arg
+from .wire import parse, reply
+
+bp = Blueprint("endpoints", __name__, url_prefix=f"/{API_VERSION}/endpoints")
+
+_PUBLIC_FIELDS = ("endpoint_id", "name", "owner", "public", "shared_with", "allowed_functions",
+                  "status", "last_heartbeat", "created")
+
+
+def public_view(record: dict) -> dict:
+    return {k: record[k] for k in _PUBLIC_FIELDS}
+
+
+@bp.post("")
+def register():
+    """Register an endpoint (or re-register one of yours); returns a new credential."""
+    user = require_user()
+    reg = parse(EndpointRegistration)
+    store = fed().store
+    endpoint_id = reg.endpoint_id or str(uuid.uuid4())
+    if reg.endpoint_id:
+        existing = store.get_endpoint(endpoint_id)
+        if existing is not None and existing["owner"] != user:
+            raise NotFound(f"endpoint {endpoint_id} not found among your endpoints")
+    credential = new_token(ENDPOINT_PREFIX)
+    store.put_endpoint(endpoint_id, user, reg.name, reg.public, reg.shared_with,
+                       reg.allowed_functions, reg.metadata, hash_token(credential))
+    return reply({"endpoint_id": endpoint_id, "name": reg.name, "credential": credential}, 201)
+
+
+@bp.get("")
+def list_endpoints():
+    return reply([public_view(r) for r in fed().store.endpoints_of(require_user())])
+
+
+def visible_endpoint(endpoint_id: str, user: str) -> dict:
+    record = fed().store.get_endpoint(uuid_arg(endpoint_id, "endpoint id"))
+    if record is None or not sharing_allows(record, user):
+        raise NotFound(f"endpoint {endpoint_id} not found")
+    return record
+
+
+def _owned(endpoint_id: str, user: str) -> dict:
+    record = visible_endpoint(endpoint_id, user)
+    if record["owner"] != user:
+        raise NotFound(f"endpoint {endpoint_id} not found among your endpoints")
+    return record
+
+
+@bp.get("/<endpoint_id>")
+def get(endpoint_id: str):
+    return reply(public_view(visible_endpoint(endpoint_id, require_user())))
+
+
+@bp.get("/<endpoint_id>/status")
+def status(endpoint_id: str):
+    record = visible_endpoint(endpoint_id, require_user())
+    queued, leased = fed().store.endpoint_counts(record["endpoint_id"])
+    return reply({"endpoint_id": record["endpoint_id"], "status": record["status"],
+                  "last_heartbeat": record["last_heartbeat"], "queued": queued,
+                  "leased": leased, "details": record["details"]})
+
+
+@bp.patch("/<endpoint_id>")
+def update(endpoint_id: str):
+    user = require_user()
+    _owned(endpoint_id, user)
+    change = parse(SharingUpdate)
+    # An explicit null lifts the restriction; an absent field leaves it as it is.
+    fed().store.update_sharing("ep", endpoint_id.lower(), change.public, change.shared_with,
+                               change.allowed_functions,
+                               clear_allowed="allowed_functions" in change.model_fields_set
+                               and change.allowed_functions is None)
+    return reply(public_view(visible_endpoint(endpoint_id, user)))
+
+
+@bp.delete("/<endpoint_id>")
+def delete(endpoint_id: str):
+    user = require_user()
+    _owned(endpoint_id, user)
+    fed().store.delete_endpoint(endpoint_id.lower(), user)
+    return reply({"deleted": endpoint_id.lower()})

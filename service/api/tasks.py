@@ -1,0 +1,148 @@
+"""Task submission, status, results, cancellation and task groups (user side)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from fedcompute.protocol import API_VERSION, TaskBatch, TaskIds, packb
+from flask import Blueprint, request
+from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, RequestEntityTooLarge
+
+from ..auth import require_user
+from . import fed, uuid_arg
+from .endpoints import visible_endpoint
+from .wire import parse, reply
+
+bp = Blueprint("tasks", __name__, url_prefix=f"/{API_VERSION}")
+
+_CURSOR = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+
+
+def _check_batch(batch: TaskBatch, user: str) -> None:
+    settings = fed().settings
+    if len(batch.tasks) > settings.max_batch_tasks:
+        raise RequestEntityTooLarge(
+            f"batch has {len(batch.tasks)} tasks; the limit is {settings.max_batch_tasks} per "
+            "request")
+    for task in batch.tasks:
+        if len(task.payload) > settings.max_payload_bytes:
+            raise RequestEntityTooLarge(
+                f"task {task.task_id} payload is {len(task.payload)} bytes; the limit is "
+                f"{settings.max_payload_bytes} bytes (max_payload_bytes)")
+    endpoint = visible_endpoint(batch.endpoint_id, user)
+    function_ids = sorted({t.function_id for t in batch.tasks})
+    usable = fed().store.functions_usable(function_ids, user)
+    for fid, ok in usable.items():
+        if not ok:
+            raise NotFound(f"function {fid} not found")
+    allowed = endpoint["allowed_functions"]
+    if allowed is not None:
+        denied = [fid for fid in function_ids if fid not in allowed]
+        if denied:
+            raise Forbidden(f"endpoint {batch.endpoint_id} does not allow function {denied[0]}")
+
+
+@bp.post("/tasks")
+def submit():
+    """Submit a batch of tasks for one endpoint, in one Redis script."""
+    user = require_user()
+    batch = parse(TaskBatch)
+    _check_batch(batch, user)
+    group = batch.task_group_id or str(uuid.uuid4())
+    tasks = [t.model_dump() for t in batch.tasks]
+    store = fed().store
+    if len(tasks) > fed().settings.fanout_threshold and fed().queue is not None:
+        # Big batches are written by an RQ worker in slices, so this request returns fast.
+        from ..jobs import enqueue_fanout
+
+        # Claimed now, so that the group is the caller's at once (get_task_group works while
+        # the worker writes) and a conflict is answered here, not lost in the worker.
+        if not store.claim_group(group, user):
+            raise Conflict("task group belongs to another user")
+        enqueue_fanout(fed(), user, batch.endpoint_id, group, tasks)
+        return reply({"task_group_id": group, "task_ids": [t["task_id"] for t in tasks],
+                      "duplicates": 0}, 202)
+    try:
+        dup = store.submit(user, batch.endpoint_id, group, tasks)
+    except PermissionError as exc:
+        raise Conflict(str(exc)) from exc
+    return reply({"task_group_id": group, "task_ids": [t["task_id"] for t in tasks],
+                  "duplicates": dup}, 201)
+
+
+def _public(record: dict) -> dict:
+    record = dict(record)
+    record.pop("owner", None)
+    return record
+
+
+@bp.get("/tasks/<task_id>")
+def get_task(task_id: str):
+    user = require_user()
+    record = fed().store.get_tasks([uuid_arg(task_id, "task id")])[0]
+    if record is None or record["owner"] != user:
+        raise NotFound(f"task {task_id} not found")
+    return reply(_public(record))
+
+
+@bp.post("/tasks/get")
+def get_tasks():
+    user = require_user()
+    ids = parse(TaskIds).task_ids
+    records = fed().store.get_tasks(ids)
+    return reply({"tasks": {tid: _public(r) if r and r["owner"] == user else None
+                            for tid, r in zip(ids, records, strict=True)}})
+
+
+@bp.post("/tasks/<task_id>/cancel")
+def cancel(task_id: str):
+    user = require_user()
+    task_id = uuid_arg(task_id, "task id")
+    store = fed().store
+    if store.task_owner(task_id) != user:
+        raise NotFound(f"task {task_id} not found")
+    envelope = packb({"type": "fedcompute.errors.TaskCancelled",
+                      "message": f"task {task_id} was cancelled", "traceback": "", "pickle": b""})
+    return reply({"task_id": task_id, "status": store.cancel(task_id, envelope)})
+
+
+def _owned_group(group: str, user: str, allow_new: bool = False) -> str:
+    """The group id if ``user`` owns it (or, with ``allow_new``, nobody has created it yet)."""
+    group = uuid_arg(group, "task group id")
+    owner = fed().store.group_owner(group)
+    if owner != user and not (allow_new and owner is None):
+        raise NotFound(f"task group {group} not found")
+    return group
+
+
+@bp.get("/task_groups/<group>")
+def task_group(group: str):
+    group = _owned_group(group, require_user())
+    return reply({"task_group_id": group, "task_ids": fed().store.group_task_ids(group)})
+
+
+@bp.get("/task_groups/<group>/results")
+def results(group: str):
+    """Long-poll the group's result stream: finished tasks after ``cursor``."""
+    user = require_user()
+    # A submitter may start listening before its first batch has created the group.
+    group = _owned_group(group, user, allow_new=True)
+    unknown = sorted(set(request.args) - {"cursor", "wait", "limit"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0][:40]!r}: use cursor, wait, limit")
+    cursor = request.args.get("cursor", "0")
+    if not _CURSOR.match(cursor):
+        raise BadRequest(f"invalid cursor {cursor[:40]!r}: pass back the cursor you were given")
+    try:
+        wait = float(request.args.get("wait", "0"))
+        limit = int(request.args.get("limit", "1000"))
+    except ValueError as exc:
+        raise BadRequest("wait must be a number of seconds and limit an integer") from exc
+    if not (0 <= wait < float("inf") and 1 <= limit <= 10_000):  # as documented; nan fails
+        raise BadRequest("wait must be a number of seconds >= 0 and limit between 1 and 10000")
+    wait = min(wait, fed().settings.max_result_wait)  # longer waits are cut to the service's
+    cursor, records = fed().store.read_results(group, cursor, wait, limit)
+    if records:
+        _owned_group(group, user)  # created meanwhile: by this user only
+    return reply({"cursor": cursor, "results": [_public(r) for r in records]})

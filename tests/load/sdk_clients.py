@@ -1,0 +1,80 @@
+"""One load-generating process: ``--clients`` SDK clients in threads, each its own ``Client``
+(own HTTP connections) and ``Executor`` (own task group), each submitting ``--tasks`` tasks and
+collecting their results. Prints one JSON line per client: latencies, HTTP statuses, errors.
+
+Run by ``test_load.py`` as a script (``python tests/load/sdk_clients.py ...``), several at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import threading
+import time
+from collections import Counter
+
+
+def scaled(i, k):
+    return i * k
+
+
+def run_client(url: str, token: str, endpoint: str, index: int, tasks: int,
+               start_at: float) -> dict:
+    from fedcompute import Client, Executor
+
+    client = Client(url, token)
+    statuses: Counter = Counter()
+    client._http.event_hooks["response"].append(
+        lambda response: statuses.update([response.status_code]))
+    latencies: list[float] = []
+    lock = threading.Lock()
+    time.sleep(max(0.0, start_at - time.time()))
+    began = time.time()
+    wrong = errors = 0
+    with Executor(endpoint, client=client) as ex:
+        sent: dict = {}
+
+        def done(future, t0):
+            with lock:
+                latencies.append(time.time() - t0)
+
+        futures = []
+        for i in range(tasks):
+            t0 = time.time()
+            future = ex.submit(scaled, i, index)
+            future.add_done_callback(lambda f, t0=t0: done(f, t0))
+            sent[future] = i * index
+            futures.append(future)
+        for future in concurrent.futures.as_completed(futures, timeout=1800):
+            try:
+                if future.result() != sent[future]:
+                    wrong += 1
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors += 1
+        group = ex.task_group_id
+    return {"client": index, "group": group, "began": began, "ended": time.time(),
+            "latencies": latencies, "statuses": dict(statuses), "wrong": wrong,
+            "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--tokens", required=True, help="comma-separated, one per client")
+    parser.add_argument("--endpoints", required=True, help="comma-separated, one per client")
+    parser.add_argument("--first", type=int, required=True, help="index of the first client")
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--start-at", type=float, required=True)
+    args = parser.parse_args()
+    tokens, endpoints = args.tokens.split(","), args.endpoints.split(",")
+    with concurrent.futures.ThreadPoolExecutor(len(tokens)) as pool:
+        jobs = [pool.submit(run_client, args.url, token, endpoint, args.first + n, args.tasks,
+                            args.start_at)
+                for n, (token, endpoint) in enumerate(zip(tokens, endpoints, strict=True))]
+        for job in concurrent.futures.as_completed(jobs):
+            print(json.dumps(job.result()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
