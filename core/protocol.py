@@ -270,6 +270,9 @@ class TaskStateUpdate(Message):
 class Release(Message):
     session: str
     task_ids: list[UUIDStr] = Field(max_length=100000)
+    #: The agent is stopping: end its session and hand back everything still leased to it
+    #: (what a long-poll it abandoned received), so nothing waits for the next connect.
+    disconnect: bool = False
 
 
 class ErrorBody(Message):

@@ -82,6 +82,8 @@ class Agent:
         self.bridge: Any = None
         self.futures: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
+        #: Set by ``stop()`` to end the wait for a long-poll in flight (see _lease_request).
+        self._poll_done: threading.Event | None = None
         self.started = time.time()
 
     # --- HTTP ----------------------------------------------------------------------------
@@ -179,6 +181,8 @@ class Agent:
 
     def stop(self) -> None:
         self.stopping.set()
+        if self._poll_done is not None:
+            self._poll_done.set()
         with self.lock:
             self.lock.notify_all()
 
@@ -198,11 +202,13 @@ class Agent:
                     continue
             recover = bool(recover_at) and time.monotonic() >= recover_at[0]
             try:
-                lease = self.post("/lease", {
+                lease = self._lease_request({
                     "session": self.session, "max_tasks": min(room, self.config.max_tasks_per_lease),
                     "wait": 0 if self.stopping.is_set() or recover else self.config.lease_wait,
                     "cached_functions": list(self.functions)[-1024:], "recover": recover,
-                }, timeout=self.config.lease_wait + 30)
+                })
+                if lease is None:
+                    return
                 delay = 0.5
             except ServiceUnavailable as exc:
                 log.warning("lease failed (%s); retrying in %.1fs", exc, delay)
@@ -224,6 +230,36 @@ class Agent:
             tasks = self.dispatch(lease["tasks"]) if lease["tasks"] else []
             if recover and tasks:
                 log.warning("recovered %d leased tasks whose lease reply was lost", len(tasks))
+
+    def _lease_request(self, body: dict) -> dict | None:
+        """POST /lease; a long-poll runs on a daemon thread so that ``stop()`` need not wait
+        up to ``lease_wait`` for it (None then). What an abandoned poll receives goes back to
+        the queue: ``shutdown`` ends the session in the service (``disconnect``)."""
+        timeout = self.config.lease_wait + 30
+        if not body["wait"]:
+            return self.post("/lease", body, timeout=timeout)
+        done = threading.Event()
+        outcome: list = []
+
+        def poll() -> None:
+            try:
+                outcome.append((True, self.post("/lease", body, timeout=timeout)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the lease loop
+                outcome.append((False, exc))
+            done.set()
+
+        self._poll_done = done
+        threading.Thread(target=poll, daemon=True, name="fedcompute-lease").start()
+        if self.stopping.is_set():
+            done.set()
+        done.wait()
+        self._poll_done = None
+        if not outcome:
+            return None
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     def _walltime(self, task: dict) -> float | None:
         return task.get("_walltime") or self.config.task_walltime
@@ -473,14 +509,18 @@ class Agent:
         if leftover:
             for future in list(self.futures.values()):
                 future.cancel()
-            try:
-                reply = self.post("/release", {"session": self.session, "task_ids": leftover})
-                log.info("handed back %d unfinished tasks", reply.get("released", 0))
-            except (ServiceUnavailable, errors.ServiceError, SessionReplaced) as exc:
-                log.warning("could not hand back %d tasks (%s); the service will reclaim them",
-                            len(leftover), exc)
-        for thread in self._threads:
+        for thread in self._threads:  # the sender flushes finished results first
             thread.join(timeout=30)
+        try:
+            # Also ends the session, so what a long-poll abandoned by stop() still receives
+            # goes back to the queue rather than waiting for the endpoint's next start.
+            reply = self.post("/release", {"session": self.session, "task_ids": leftover,
+                                           "disconnect": True})
+            if reply.get("released"):
+                log.info("handed back %d unfinished tasks", reply["released"])
+        except (ServiceUnavailable, errors.ServiceError, SessionReplaced) as exc:
+            log.warning("could not hand back %d tasks (%s); the service will reclaim them",
+                        len(leftover), exc)
         if self.bridge is not None:
             try:
                 self.bridge.stop()

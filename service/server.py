@@ -104,6 +104,7 @@ class Service:
                     "--threads", str(self.threads), "--timeout", "120",
                     "--graceful-timeout", "10", "--keep-alive", "75",
                     "--limit-request-field_size", "16384", "--log-level", "warning",
+                    "--config", "python:fedcompute.service.gunicorn_conf",
                     "fedcompute.service.wsgi:app"]
             if self.certfile:
                 args += ["--certfile", self.certfile, "--keyfile", self.keyfile or ""]

@@ -18,6 +18,7 @@ Multi-key updates run as Lua scripts so that a crash at any point leaves a consi
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -253,6 +254,23 @@ def _block_ms(wait: float) -> int | None:
     return max(1, int(wait * 1000)) if wait > 0 else None
 
 
+#: Set when this API process is asked to stop (see ``gunicorn_conf``): long-polls then end
+#: within one slice, so a graceful stop never waits out a 20-30 s poll.
+stopping = threading.Event()
+#: Long-polls block in Redis for at most this long at a time, then look at ``stopping``.
+LONG_POLL_SLICE = 1.0
+
+
+def _long_poll(read: Any, wait: float) -> Any:
+    """Call ``read(block_ms)`` until it returns something, ``wait`` is over or we stop."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = deadline - time.monotonic()
+        reply = read(_block_ms(min(max(left, 0.0), LONG_POLL_SLICE)))
+        if reply or left <= LONG_POLL_SLICE or stopping.is_set():
+            return reply
+
+
 class StaleSession(Exception):
     """The agent session was replaced by a newer one of the same endpoint."""
 
@@ -453,7 +471,8 @@ class Store:
             return None
         rec = {k.decode(): v for k, v in raw.items()}
         last = float(rec["last_heartbeat"]) if rec.get("last_heartbeat") else None
-        online = last is not None and time.time() - last < self.settings.heartbeat_timeout
+        online = (bool(rec.get("session")) and last is not None
+                  and time.time() - last < self.settings.heartbeat_timeout)
         allowed = rec.get("allowed_functions") or b""
         return {
             "endpoint_id": endpoint_id, "name": rec["name"].decode(),
@@ -573,8 +592,8 @@ class Store:
     def read_results(self, group: str, cursor: str, wait: float, limit: int
                      ) -> tuple[str, list[dict]]:
         """Long-poll a task group's result stream after ``cursor``."""
-        reply = self.blocking.xread({f"fc:tg:{group}:rs": cursor}, count=limit,
-                                    block=_block_ms(wait))
+        reply = _long_poll(lambda block: self.blocking.xread(
+            {f"fc:tg:{group}:rs": cursor}, count=limit, block=block), wait)
         if not reply:
             return cursor, []
         entries = reply[0][1]
@@ -623,8 +642,8 @@ class Store:
                     break
                 start = got[-1][0]
         else:
-            reply = self.blocking.xreadgroup(GROUP, session, {q: ">"}, count=max_tasks,
-                                             block=_block_ms(wait))
+            reply = _long_poll(lambda block: self.blocking.xreadgroup(
+                GROUP, session, {q: ">"}, count=max_tasks, block=block), wait)
             entries = reply[0][1] if reply else []
         if not entries:
             return []
@@ -661,6 +680,15 @@ class Store:
         """Hand leased tasks back without counting an attempt (a graceful stop)."""
         wanted = set(task_ids)
         pairs = [(e, t) for e, t in self._pending(endpoint_id, session) if t in wanted]
+        return self._requeue_pairs(endpoint_id, pairs, count_attempt=False)[0]
+
+    def disconnect(self, endpoint_id: str, session: str) -> int:
+        """End a stopping agent's session: a long-poll it left blocked here then hands what it
+        receives back to the queue (see LEASE), and whatever is still leased to the session is
+        requeued without counting an attempt. Returns how many tasks were requeued."""
+        if not self._expire_session(args=[endpoint_id, session, time.time() + 1]):
+            return 0  # replaced by a newer session meanwhile: its leases are not ours to touch
+        pairs = self._pending(endpoint_id, session)
         return self._requeue_pairs(endpoint_id, pairs, count_attempt=False)[0]
 
     def _consumers(self, endpoint_id: str) -> list[str]:

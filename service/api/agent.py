@@ -100,4 +100,8 @@ def release():
     """Hand back leased tasks (graceful stop); they are requeued without counting an attempt."""
     endpoint_id = require_endpoint()
     rel = parse(Release)
-    return reply({"released": fed().store.release(endpoint_id, rel.session, rel.task_ids)})
+    store = fed().store
+    released = store.release(endpoint_id, rel.session, rel.task_ids)
+    if rel.disconnect:
+        released += store.disconnect(endpoint_id, rel.session)
+    return reply({"released": released})

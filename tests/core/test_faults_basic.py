@@ -48,6 +48,10 @@ def test_endpoint_sigkilled_mid_task_then_restarted_completes_it(stack, tmp_path
 def test_service_restart_keeps_queued_tasks(stack, tmp_path):
     stack.stop_endpoint("local")  # nobody takes the tasks: they stay queued in the service
     client = stack.client()
+    # A graceful stop ends the agent's session at once (no wait for the heartbeat timeout), and
+    # the long-poll it left blocked in the service hands what it receives back to the queue
+    # (the "waiting-for-endpoint" check below).
+    assert client.get_endpoint_status(stack.endpoint_id)["status"] == "offline"
     ex = Executor(stack.endpoint_id, client=client)
     futures = [ex.submit(slow_square, i, 0, str(tmp_path)) for i in range(100)]
     wait_for(lambda: len(client.get_task_group(ex.task_group_id)) == 100, 60,
