@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 
 def scaled(i, k):
@@ -20,7 +21,7 @@ def scaled(i, k):
 
 
 def run_client(url: str, token: str, endpoint: str, index: int, tasks: int,
-               start_at: float) -> dict:
+               go: threading.Event) -> dict:
     from fedcompute import Client, Executor
 
     client = Client(url, token)
@@ -29,7 +30,7 @@ def run_client(url: str, token: str, endpoint: str, index: int, tasks: int,
         lambda response: statuses.update([response.status_code]))
     latencies: list[float] = []
     lock = threading.Lock()
-    time.sleep(max(0.0, start_at - time.time()))
+    go.wait()
     began = time.time()
     wrong = errors = 0
     with Executor(endpoint, client=client) as ex:
@@ -65,13 +66,23 @@ def main() -> None:
     parser.add_argument("--endpoints", required=True, help="comma-separated, one per client")
     parser.add_argument("--first", type=int, required=True, help="index of the first client")
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--start-at", type=float, required=True)
+    parser.add_argument("--ready", required=True, help="file to create once set up")
+    parser.add_argument("--go", required=True, help="file whose appearance starts the load")
     args = parser.parse_args()
     tokens, endpoints = args.tokens.split(","), args.endpoints.split(",")
+    import fedcompute  # noqa: F401 - imported before the start, not timed
+
+    go = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(len(tokens)) as pool:
         jobs = [pool.submit(run_client, args.url, token, endpoint, args.first + n, args.tasks,
-                            args.start_at)
+                            go)
                 for n, (token, endpoint) in enumerate(zip(tokens, endpoints, strict=True))]
+        # Every process starts together, once all have imported and set up their clients.
+        Path(args.ready).touch()
+        deadline = time.monotonic() + 600
+        while not Path(args.go).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.set()
         for job in concurrent.futures.as_completed(jobs):
             print(json.dumps(job.result()), flush=True)
 

@@ -9,7 +9,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.reliability.helpers import (
     result_stream,
     running_stack,
     service_redis,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -62,7 +62,7 @@ def test_50_clients_x_1000_tasks(tmp_path_factory):
                      for e in range(ENDPOINTS)]
         tokens = list(users.values())
         per = CLIENTS // PROCESSES
-        start_at = time.time() + 15  # after every process has imported fedcompute
+        go = home / "go"
         procs = []
         for p in range(PROCESSES):
             first = p * per
@@ -70,8 +70,13 @@ def test_50_clients_x_1000_tasks(tmp_path_factory):
                 [sys.executable, str(SCRIPT), "--url", stack.service_url,
                  "--tokens", ",".join(tokens[(first + n) % USERS] for n in range(per)),
                  "--endpoints", ",".join(endpoints[(first + n) % ENDPOINTS] for n in range(per)),
-                 "--first", str(first), "--tasks", str(TASKS), "--start-at", str(start_at)],
+                 "--first", str(first), "--tasks", str(TASKS),
+                 "--ready", str(home / f"ready-{p}"), "--go", str(go)],
                 env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        wait_for(lambda: all((home / f"ready-{p}").exists() for p in range(PROCESSES))
+                 or any(proc.poll() is not None for proc in procs), 300,
+                 "every load process to be ready")
+        go.touch()
         peak: dict[str, int] = {}
         peak_total = 0
         stop = threading.Event()
