@@ -676,19 +676,20 @@ class Store:
     def mark(self, endpoint_id: str, state: str, task_ids: list[str]) -> int:
         return int(self._mark(args=[state, time.time(), endpoint_id, *task_ids]))
 
-    def release(self, endpoint_id: str, session: str, task_ids: list[str]) -> int:
-        """Hand leased tasks back without counting an attempt (a graceful stop)."""
-        wanted = set(task_ids)
-        pairs = [(e, t) for e, t in self._pending(endpoint_id, session) if t in wanted]
-        return self._requeue_pairs(endpoint_id, pairs, count_attempt=False)[0]
+    def release(self, endpoint_id: str, session: str, task_ids: list[str],
+                disconnect: bool = False) -> int:
+        """Hand leased tasks back without counting an attempt (a graceful stop).
 
-    def disconnect(self, endpoint_id: str, session: str) -> int:
-        """End a stopping agent's session: a long-poll it left blocked here then hands what it
-        receives back to the queue (see LEASE), and whatever is still leased to the session is
-        requeued without counting an attempt. Returns how many tasks were requeued."""
-        if not self._expire_session(args=[endpoint_id, session, time.time() + 1]):
-            return 0  # replaced by a newer session meanwhile: its leases are not ours to touch
+        With ``disconnect`` the stopping agent's session also ends: everything still leased to
+        it is handed back (what a long-poll it abandoned received), and a poll still blocked
+        here hands what it receives back to the queue (see LEASE). A session replaced by a
+        newer one meanwhile is not ended, and only ``task_ids`` go back."""
+        ended = disconnect and self._expire_session(
+            args=[endpoint_id, session, time.time() + 1])
         pairs = self._pending(endpoint_id, session)
+        if not ended:
+            wanted = set(task_ids)
+            pairs = [(e, t) for e, t in pairs if t in wanted]
         return self._requeue_pairs(endpoint_id, pairs, count_attempt=False)[0]
 
     def _consumers(self, endpoint_id: str) -> list[str]:

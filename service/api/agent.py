@@ -100,8 +100,5 @@ def release():
     """Hand back leased tasks (graceful stop); they are requeued without counting an attempt."""
     endpoint_id = require_endpoint()
     rel = parse(Release)
-    store = fed().store
-    released = store.release(endpoint_id, rel.session, rel.task_ids)
-    if rel.disconnect:
-        released += store.disconnect(endpoint_id, rel.session)
-    return reply({"released": released})
+    return reply({"released": fed().store.release(endpoint_id, rel.session, rel.task_ids,
+                                                  disconnect=rel.disconnect)})

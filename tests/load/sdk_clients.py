@@ -77,7 +77,7 @@ def main() -> None:
         jobs = [pool.submit(run_client, args.url, token, endpoint, args.first + n, args.tasks,
                             go)
                 for n, (token, endpoint) in enumerate(zip(tokens, endpoints, strict=True))]
-        # Every process starts together, once all have imported and set up their clients.
+        # Every process starts together, once all have imported fedcompute.
         Path(args.ready).touch()
         deadline = time.monotonic() + 600
         while not Path(args.go).exists() and time.monotonic() < deadline:
