@@ -311,7 +311,7 @@ class Agent:
             self._mark("waiting-for-nodes", [t["task_id"] for t in tasks])
         return tasks
 
-    def _submit(self, chunk: list[dict], individual: bool = False) -> None:
+    def _submit(self, chunk: list[dict], retried: bool = False) -> None:
         task = chunk[0]
         walltime = self._walltime(task) if len(chunk) == 1 else None
         resources = task.get("_resources") if len(chunk) == 1 else None
@@ -321,10 +321,10 @@ class Agent:
         future = client.submit(run_chunk, chunk, bodies, self.config.max_result_size, walltime,
                                key=key, pure=False, resources=resources, retries=0)
         self.futures[key] = future
-        future.add_done_callback(partial(self._chunk_done, chunk, walltime, key, individual))
+        future.add_done_callback(partial(self._chunk_done, chunk, walltime, key, retried))
 
     def _chunk_done(self, chunk: list[dict], walltime: float | None, key: str,
-                    individual: bool, future: Any) -> None:
+                    retried: bool, future: Any) -> None:
         self.futures.pop(key, None)
         if future.status == "cancelled" or self.stopping.is_set() and future.status != "finished":
             return  # shutting down: these tasks are released to the service
@@ -334,7 +334,13 @@ class Agent:
             if len(chunk) > 1:
                 # Rerun one by one so that only the task that kills its worker fails.
                 for task in chunk:
-                    self._submit([task], individual=True)
+                    self._submit([task])
+                return
+            if not retried and self._lost_with_worker(chunk[0], walltime, exc):
+                # Dask fails every task its dead worker held (allowed-failures is 0), queued
+                # ones too: a task merely waiting behind the one that killed the worker would
+                # fail with it. One more run tells the culprit from the bystanders.
+                self._submit(chunk, retried=True)
                 return
             results = [self._death(chunk[0], walltime, exc)]
         for r in results:
@@ -345,12 +351,20 @@ class Agent:
                 self.durations[fid] = 0.8 * self.durations.get(fid, took) + 0.2 * took
         self._finish(results)
 
-    def _death(self, task: dict, walltime: float | None, exc: BaseException) -> dict:
+    def _past_walltime(self, task: dict, walltime: float | None) -> bool:
         started = self.outstanding.get(task["task_id"], time.time())
-        if walltime and time.time() - started >= walltime:
+        return bool(walltime) and time.time() - started >= walltime
+
+    def _lost_with_worker(self, task: dict, walltime: float | None,
+                          exc: BaseException) -> bool:
+        return (type(exc).__name__ in ("KilledWorker", "CommClosedError", "FutureCancelledError")
+                and not self._past_walltime(task, walltime))
+
+    def _death(self, task: dict, walltime: float | None, exc: BaseException) -> dict:
+        if self._past_walltime(task, walltime):
             err: BaseException = errors.WalltimeExceeded(
                 f"task ran past its walltime of {walltime}s and its worker was stopped")
-        elif type(exc).__name__ in ("KilledWorker", "CommClosedError", "FutureCancelledError"):
+        elif self._lost_with_worker(task, walltime, exc):
             err = errors.WorkerLost(
                 "the worker process running this task died (segfault, os._exit, out of memory "
                 f"or killed): {type(exc).__name__}: {exc}")
