@@ -14,13 +14,15 @@ from .errors import (
     TaskPending,
 )
 from .executor import ComputeFuture, Executor
+from .mpi import MPIFunction
 from .protocol import TaskState
 from .shell import ShellFunction, ShellResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Client", "ComputeFuture", "Executor", "FedComputeError", "RemoteTraceback",
+    "Batch", "Client", "ComputeFuture", "Executor", "FedComputeError", "MPIFunction",
+    "RemoteTraceback",
     "ServiceError", "ShellFunction", "ShellResult", "TaskCancelled", "TaskExecutionFailed",
     "TaskPending", "TaskState", "__version__",
 ]

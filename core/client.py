@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +17,77 @@ import httpx
 from . import errors, serialize
 from .config import load_credentials
 from .protocol import API_VERSION, JSON, MSGPACK, TaskState, packb, unpackb
+from .shell import run_hardware_report
+
+#: A UUID or its string, as Globus Compute's SDK accepts for every id.
+UUIDLike = uuid.UUID | str
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_ignored(option: str, reason: str) -> None:
+    """Warn once per process that a Globus Compute option is accepted but ignored."""
+    with _warned_lock:
+        if option in _warned:
+            return
+        _warned.add(option)
+    warnings.warn(f"{option} is ignored by fedcompute: {reason}", errors.IgnoredOptionWarning,
+                  stacklevel=3)
+
+
+def as_uuid(value: UUIDLike, what: str = "id") -> uuid.UUID:
+    """``value`` as a ``uuid.UUID``; ``ValueError`` naming ``what`` if it is not one."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ValueError(f"{what} must be a UUID, got {value!r}") from None
+
+
+def checked_options(value: dict | None, what: str) -> dict | None:
+    """A copy of a ``resource_specification`` / ``user_endpoint_config``: a JSON-serializable
+    dict or ``None`` (``TypeError`` otherwise, as in Globus Compute)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON-serializable: {exc}") from exc
+
+
+class SourceFunction:
+    """A function given as source text (``register_source_code``): on the endpoint the source
+    runs as a fresh module, then its ``function_name`` is called with the task's arguments."""
+
+    def __init__(self, source: str, function_name: str):
+        if not function_name.isidentifier():
+            raise ValueError(f"function_name must be a Python identifier, got {function_name!r}")
+        self.source = source
+        self.function_name = self.__name__ = function_name
+        self._entry: Callable | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._entry is None:
+            namespace: dict[str, Any] = {"__name__": f"fedcompute_source_{self.function_name}"}
+            exec(compile(self.source, f"<source of {self.function_name}>", "exec"), namespace)
+            if not callable(namespace.get(self.function_name)):
+                raise NameError(f"the registered source defines no function "
+                                f"{self.function_name!r}")
+            self._entry = namespace[self.function_name]
+        return self._entry(*args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        return {"source": self.source, "function_name": self.function_name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["source"], state["function_name"])
+
+    def __repr__(self) -> str:
+        return f"SourceFunction(function_name={self.function_name!r})"
 
 _STATUS_ERRORS: dict[int, type[errors.ServiceError]] = {
     401: errors.AuthError,
@@ -39,16 +114,32 @@ class Batch:
     task_group_id: str | None = None
     resource_specification: dict | None = None
     tasks: list[dict] = field(default_factory=list)
+    user_endpoint_config: dict | None = None
 
-    def add(self, function_id: str, args: Iterable = (), kwargs: dict | None = None) -> str:
+    def add(self, function_id: UUIDLike, args: Iterable | None = (),
+            kwargs: dict | None = None) -> str:
         """Add a call of a registered function; returns the task id it will have."""
+        if isinstance(args, str | bytes | dict):  # a common slip: add(fid, "x") or add(fid, {})
+            raise TypeError(f"args: expected a tuple, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs: expected a dict, got {type(kwargs).__name__}")
         task_id = str(uuid.uuid4())
-        task = {"task_id": task_id, "function_id": function_id,
-                "payload": serialize.serialize_args(tuple(args), dict(kwargs or {}))}
+        task = {"task_id": task_id, "function_id": str(as_uuid(function_id, "function_id")),
+                "payload": serialize.serialize_args(tuple(args or ()), dict(kwargs or {}))}
         if self.resource_specification:
             task["resource_specification"] = self.resource_specification
+        if self.user_endpoint_config:
+            task["options"] = {"user_endpoint_config": self.user_endpoint_config}
         self.tasks.append(task)
         return task_id
+
+    def prepare(self) -> dict[str, Any]:
+        """The request body ``Client.batch_run`` sends (with the endpoint id added)."""
+        return {"task_group_id": str(self.task_group_id) if self.task_group_id else None,
+                "tasks": self.tasks}
+
+    def __len__(self) -> int:
+        return len(self.tasks)
 
 
 class Client:
@@ -60,7 +151,22 @@ class Client:
     """
 
     def __init__(self, service_url: str | None = None, token: str | None = None, *,
-                 timeout: float = 60.0, verify: bool | str = True, retries: int = 5):
+                 timeout: float = 60.0, verify: bool | str = True, retries: int = 5,
+                 do_version_check: bool = False, environment: str | None = None,
+                 local_compute_services: bool = False, app: Any = None, authorizer: Any = None,
+                 code_serialization_strategy: Any = None,
+                 data_serialization_strategy: Any = None):
+        # Globus Compute's service selection, Globus Auth and serializer choices: fedcompute
+        # has its own service URL and token, and one serializer.
+        for option, value in (("environment", environment), ("app", app),
+                              ("authorizer", authorizer),
+                              ("local_compute_services", local_compute_services),
+                              ("code_serialization_strategy", code_serialization_strategy),
+                              ("data_serialization_strategy", data_serialization_strategy)):
+            if value:
+                warn_ignored(f"Client({option}=...)", "fedcompute uses its service URL and "
+                             "token (FEDCOMPUTE_SERVICE_URL / FEDCOMPUTE_TOKEN or `fedcompute "
+                             "login`) and always serializes with cloudpickle")
         creds = load_credentials(service_url, token)
         self.service_url = creds.service_url
         self._token = creds.token
@@ -72,7 +178,11 @@ class Client:
             verify=verify,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
-        self._function_ids: dict[str, str] = {}
+        self._function_ids: dict[tuple, str] = {}
+        #: The task group of this client's batches unless they name another (``create_batch``).
+        self.session_task_group_id = str(uuid.uuid4())
+        if do_version_check:
+            self.version_check()
 
     @property
     def token(self) -> str:
@@ -148,24 +258,72 @@ class Client:
     def version(self) -> dict:
         return self.request("GET", "/version")
 
+    def version_check(self, endpoint_version: str | None = None) -> None:
+        """Raise ``VersionMismatch`` unless the service speaks this SDK's API version (and,
+        where the service states minimum versions, this SDK and ``endpoint_version`` meet
+        them)."""
+        from packaging.version import Version
+
+        from . import __version__
+
+        info = self.version()
+        if info.get("api") != API_VERSION:
+            raise errors.VersionMismatch(
+                f"the service at {self.service_url} speaks API {info.get('api')!r}; this "
+                f"fedcompute {__version__} speaks {API_VERSION!r}")
+        for mine, key, who in ((__version__, "min_sdk_version", "this SDK"),
+                               (endpoint_version, "min_endpoint_version", "the endpoint")):
+            least = info.get(key)
+            if mine is not None and least and Version(mine) < Version(least):
+                raise errors.VersionMismatch(
+                    f"{who} is fedcompute {mine}; the service needs at least {least}")
+
     # --- functions ---------------------------------------------------------------------
 
-    def register_function(self, function: Callable, function_name: str | None = None,
-                          description: str = "", public: bool = False,
+    def register_function(self, function: Callable, description: str | None = None,
+                          metadata: dict | None = None, public: bool = False,
+                          group: UUIDLike | None = None, ha_endpoint_id: UUIDLike | None = None,
+                          *, function_name: str | None = None,
                           shared_with: list[str] | None = None) -> str:
-        """Register a function (once per content; the same body gives the same id)."""
+        """Register a function (once per content; the same body gives the same id).
+
+        As in Globus Compute, ``description`` defaults to the function's docstring.
+        ``metadata`` is not needed (payloads carry their Python version). ``group`` and
+        ``ha_endpoint_id`` are accepted and ignored with a warning: share with users through
+        ``shared_with=[...]``, restrict an endpoint with its ``allowed_functions``.
+        """
+        if group is not None:
+            as_uuid(group, "group")
+            warn_ignored("register_function(group=...)", "fedcompute has no Globus groups; "
+                         "the function is not shared with a group (use shared_with=[users])")
+        if ha_endpoint_id is not None:
+            warn_ignored("register_function(ha_endpoint_id=...)", "fedcompute has no "
+                         "high-assurance endpoints (use the endpoint's allowed_functions)")
+        if description is None:
+            # A callable object's __doc__ is its class's: no description of this function.
+            described = inspect.isroutine(function) or isinstance(function, type)
+            description = (inspect.getdoc(function) if described else None) or ""
+        name = function_name or getattr(function, "__name__", "function")
         body = serialize.serialize_function(function)
-        key = serialize.function_digest(body)
+        key = (serialize.function_digest(body), name, description[:2000])
         cached = self._function_ids.get(key)
         if cached and not (public or shared_with):
             return cached
         reply = self.request("POST", "/functions", body={
-            "function_name": function_name or getattr(function, "__name__", "function"),
-            "function_body": body, "description": description or (function.__doc__ or "")[:2000],
+            "function_name": name, "function_body": body, "description": description[:2000],
             "public": public, "shared_with": shared_with or [],
         }, idempotent=True)
         self._function_ids[key] = reply["function_id"]
         return reply["function_id"]
+
+    def register_source_code(self, source: str, function_name: str,
+                             description: str | None = None, metadata: dict | None = None,
+                             public: bool = False, group: UUIDLike | None = None,
+                             ha_endpoint_id: UUIDLike | None = None, **options: Any) -> str:
+        """Register Python source text whose ``function_name`` is the function to run; the
+        endpoint runs the whole source (imports and all) before calling it."""
+        return self.register_function(SourceFunction(source, function_name), description,
+                                      metadata, public, group, ha_endpoint_id, **options)
 
     def get_function(self, function_id: str) -> dict:
         return self.request("GET", f"/functions/{function_id}")
@@ -191,11 +349,38 @@ class Client:
             "metadata": metadata or {},
         }, idempotent=True)
 
-    def get_endpoints(self) -> list[dict]:
-        return self.request("GET", "/endpoints")
+    def get_endpoints(self, role: str | None = None) -> list[dict]:
+        """Endpoints you may use; ``role="owner"``: only your own, ``"any"``: all (default)."""
+        listed = self.request("GET", "/endpoints", params={"role": role} if role else None)
+        return [{**record, "uuid": record["endpoint_id"]} for record in listed]
 
-    def get_endpoint_status(self, endpoint_id: str) -> dict:
+    def get_endpoint_status(self, endpoint_id: UUIDLike) -> dict:
         return self.request("GET", f"/endpoints/{endpoint_id}/status")
+
+    def get_endpoint_metadata(self, endpoint_id: UUIDLike) -> dict:
+        """What the service knows of an endpoint: name, owner, sharing, status, and what the
+        endpoint reports of itself (``details``: engine, workers, versions)."""
+        record = self.request("GET", f"/endpoints/{endpoint_id}")
+        details = self.get_endpoint_status(endpoint_id).get("details") or {}
+        versions = details.get("versions") or {}
+        return {"uuid": record["endpoint_id"], **record, "details": details,
+                "endpoint_version": versions.get("fedcompute"),
+                "python_version": versions.get("python"), "hostname": details.get("hostname")}
+
+    def get_allowed_functions(self, endpoint_id: UUIDLike) -> dict:
+        """``{"endpoint_id", "restricted", "functions"}``: the functions the endpoint allows
+        (``restricted`` is false, and ``functions`` empty, when it runs any function)."""
+        record = self.request("GET", f"/endpoints/{endpoint_id}")
+        allowed = record.get("allowed_functions")
+        return {"endpoint_id": record["endpoint_id"], "restricted": allowed is not None,
+                "functions": list(allowed or [])}
+
+    def get_worker_hardware_details(self, endpoint_id: UUIDLike) -> str:
+        """Start a hardware report on one of the endpoint's workers; returns its task id
+        (``get_result`` gives the report's text)."""
+        function_id = self.register_function(run_hardware_report)
+        return self.run("fedcompute endpoint worker", endpoint_id=endpoint_id,
+                        function_id=function_id)
 
     def update_endpoint(self, endpoint_id: str, **changes: Any) -> dict:
         return self.request("PATCH", f"/endpoints/{endpoint_id}", body=changes, idempotent=True)
@@ -205,32 +390,57 @@ class Client:
 
     # --- tasks -------------------------------------------------------------------------
 
-    def submit_tasks(self, endpoint_id: str, tasks: list[dict],
-                     task_group_id: str | None = None) -> dict:
+    def submit_tasks(self, endpoint_id: UUIDLike, tasks: list[dict],
+                     task_group_id: UUIDLike | None = None) -> dict:
         """Send prepared task dicts in one request. Safe to retry: task ids are ours."""
         return self.request("POST", "/tasks", body={
-            "endpoint_id": endpoint_id, "task_group_id": task_group_id, "tasks": tasks,
+            "endpoint_id": str(endpoint_id),
+            "task_group_id": str(task_group_id) if task_group_id else None, "tasks": tasks,
         }, idempotent=True)
 
-    def run(self, *args: Any, endpoint_id: str, function_id: str, **kwargs: Any) -> str:
+    def run(self, *args: Any, endpoint_id: UUIDLike, function_id: UUIDLike,
+            **kwargs: Any) -> str:
         """Run a registered function once; returns the task id."""
         batch = self.create_batch()
         task_id = batch.add(function_id, args, kwargs)
         self.batch_run(endpoint_id, batch)
         return task_id
 
-    def create_batch(self, task_group_id: str | None = None,
-                     resource_specification: dict | None = None) -> Batch:
-        return Batch(task_group_id, resource_specification)
+    def create_batch(self, task_group_id: UUIDLike | None = None,
+                     resource_specification: dict | None = None,
+                     user_endpoint_config: dict | None = None,
+                     create_websocket_queue: bool = False,
+                     result_serializers: list[str] | None = None) -> Batch:
+        """A new :class:`Batch`, in ``session_task_group_id`` unless another group is named.
 
-    def batch_run(self, endpoint_id: str, batch: Batch) -> dict:
-        """Submit a batch; returns ``{"task_group_id", "tasks": {function_id: [task_id, ...]}}``."""
+        ``resource_specification`` and ``user_endpoint_config`` go with each of its tasks.
+        ``create_websocket_queue`` and ``result_serializers`` belong to Globus Compute's result
+        transport and serializers; they are ignored with a warning.
+        """
+        if create_websocket_queue:
+            warn_ignored("create_batch(create_websocket_queue=...)",
+                         "results stream to any Executor of the task group without a queue")
+        if result_serializers:
+            warn_ignored("create_batch(result_serializers=...)",
+                         "endpoints always serialize results with cloudpickle")
+        group = str(as_uuid(task_group_id, "task_group_id")) if task_group_id \
+            else self.session_task_group_id
+        return Batch(group, checked_options(resource_specification, "resource_specification"),
+                     user_endpoint_config=checked_options(user_endpoint_config,
+                                                          "user_endpoint_config"))
+
+    def batch_run(self, endpoint_id: UUIDLike, batch: Batch) -> dict:
+        """Submit a batch; returns ``{"task_group_id", "endpoint_id", "tasks": {function_id:
+        [task_id, ...]}}``."""
+        if not batch.tasks:
+            raise ValueError("No tasks specified for batch run")
         reply = self.submit_tasks(endpoint_id, batch.tasks, batch.task_group_id)
         batch.task_group_id = reply["task_group_id"]
         by_function: dict[str, list[str]] = {}
         for task in batch.tasks:
             by_function.setdefault(task["function_id"], []).append(task["task_id"])
-        return {"task_group_id": reply["task_group_id"], "tasks": by_function}
+        return {"task_group_id": reply["task_group_id"], "endpoint_id": str(endpoint_id),
+                "tasks": by_function}
 
     def get_task_record(self, task_id: str) -> dict:
         return self.request("GET", f"/tasks/{task_id}")
@@ -271,11 +481,11 @@ class Client:
             out.update(reply["tasks"])
         return out
 
-    def get_batch_result(self, task_ids: list[str]) -> dict[str, dict]:
+    def get_batch_result(self, task_ids: list[UUIDLike]) -> dict[str, dict]:
         """Status and outcome of many tasks in one request each 5,000."""
         return {tid: self._present(rec) if rec else {"task_id": tid, "status": "unknown",
                                                        "pending": True}
-                for tid, rec in self.get_task_records(list(task_ids)).items()}
+                for tid, rec in self.get_task_records([str(t) for t in task_ids]).items()}
 
     def cancel_task(self, task_id: str) -> str:
         """Cancel a task that has not started; returns its status afterwards."""

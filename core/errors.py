@@ -100,6 +100,15 @@ class FunctionNotAllowed(FedComputeError):
     """The endpoint does not allow this function (``allowed_functions``)."""
 
 
+class VersionMismatch(FedComputeError):
+    """This SDK (or an endpoint) and the service do not speak compatible versions."""
+
+
+class IgnoredOptionWarning(UserWarning):
+    """An option that only means something to Globus Compute (its AMQP transport, Globus
+    Auth, ...) was given; fedcompute accepts it so that such code runs, and ignores it."""
+
+
 #: Errors raised by fedcompute itself, rebuilt by name when they cross the wire.
 BUILTIN_ERRORS = {
     cls.__name__: cls

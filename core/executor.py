@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import copy
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections import deque
@@ -18,7 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import errors, serialize
-from .client import Client, decode_outcome
+from .client import Client, UUIDLike, as_uuid, checked_options, decode_outcome, warn_ignored
+from .shell import run_hardware_report
 
 log = logging.getLogger(__name__)
 
@@ -75,37 +78,128 @@ class Executor(concurrent.futures.Executor):
     ``Executor(endpoint_id=...)`` uses ``Client()`` (environment or ``fedcompute login``) unless
     ``client`` is given. Futures of one executor share a task group; ``reload_tasks`` reattaches
     to a group's tasks from another process.
+
+    The arguments are Globus Compute's, in its order: ``resource_specification`` and
+    ``user_endpoint_config`` go with every task (read and set them as attributes), ``label``
+    names the executor, ``batch_size`` caps the tasks per request. ``api_burst_limit`` /
+    ``api_burst_window_s``, when given, allow at most that many submission requests per window
+    (by default only the service's rate limit applies). ``amqp_port``, ``serializer`` and
+    ``result_serializers`` belong to Globus Compute's transport and serializers: accepted and
+    ignored with a warning. ``capture_output`` and ``poll_wait`` are fedcompute's own.
     """
 
-    def __init__(self, endpoint_id: str | None = None, client: Client | None = None,
-                 task_group_id: str | None = None, batch_size: int = 2000,
-                 resource_specification: dict | None = None, capture_output: bool = False,
-                 poll_wait: float = 20.0):
+    def __init__(self, endpoint_id: UUIDLike | None = None, client: Client | None = None,
+                 task_group_id: UUIDLike | None = None,
+                 resource_specification: dict | None = None,
+                 user_endpoint_config: dict | None = None, label: str = "",
+                 batch_size: int = 2000, amqp_port: int | None = None,
+                 api_burst_limit: int | None = None, api_burst_window_s: int | None = None,
+                 serializer: Any = None, result_serializers: Iterable | None = None, *,
+                 capture_output: bool = False, poll_wait: float = 20.0):
         self.endpoint_id = endpoint_id
         self.client = client or Client()
-        self.task_group_id = task_group_id or str(uuid.uuid4())
-        self.batch_size = batch_size
+        self._cursor = "0"
+        self.task_group_id = task_group_id or uuid.uuid4()
+        self.batch_size = max(1, batch_size)
         self.resource_specification = resource_specification
+        self.user_endpoint_config = user_endpoint_config
+        self.label = label
+        self.amqp_port = amqp_port
+        if amqp_port is not None:
+            warn_ignored("Executor(amqp_port=...)", "results come over the service's HTTPS "
+                         "long-poll, not AMQP")
+        for option, value in (("serializer", serializer),
+                              ("result_serializers", result_serializers)):
+            if value:
+                warn_ignored(f"Executor({option}=...)", "fedcompute always serializes "
+                             "functions, arguments and results with cloudpickle")
+        #: Client-side pacing of submission requests, only when asked for (Globus' ranges).
+        self.api_burst_limit = None if api_burst_limit is None and api_burst_window_s is None \
+            else min(8, max(1, 4 if api_burst_limit is None else api_burst_limit))
+        self.api_burst_window_s = None if self.api_burst_limit is None \
+            else min(32, max(1, 16 if api_burst_window_s is None else api_burst_window_s))
+        self._sent_at: deque[float] = deque()
+        #: Tasks the service has acknowledged (Globus Compute's name).
+        self.task_count_submitted = 0
         self.capture_output = capture_output
         self.poll_wait = poll_wait
         self._lock = threading.Condition()
         self._queue: deque[tuple[ComputeFuture, dict, str]] = deque()
         self._futures: dict[str, ComputeFuture] = {}
         self._function_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._cursor = "0"
         self._shutdown = False
         self._sending = 0
         self._submitter: threading.Thread | None = None
         self._poller: threading.Thread | None = None
 
+    # --- Globus Compute's attributes ----------------------------------------------------
+
+    @property
+    def endpoint_id(self) -> uuid.UUID | None:
+        """Where tasks go: a ``uuid.UUID`` (set it as a UUID or its string) or ``None``."""
+        return self._endpoint_id
+
+    @endpoint_id.setter
+    def endpoint_id(self, value: UUIDLike | None) -> None:
+        self._endpoint_id = as_uuid(value, "endpoint_id") if value else None
+
+    @property
+    def task_group_id(self) -> uuid.UUID:
+        """The task group of this executor's tasks, a ``uuid.UUID``; set it (a UUID or its
+        string) to follow another group, e.g. before ``reload_tasks()``."""
+        return self._task_group_id
+
+    @task_group_id.setter
+    def task_group_id(self, value: UUIDLike) -> None:
+        group = as_uuid(value, "task_group_id")
+        if group != getattr(self, "_task_group_id", None):
+            self._task_group_id = group
+            self._cursor = "0"  # another group's result stream: read it from its start
+
+    @property
+    def resource_specification(self) -> dict | None:
+        """Resources each task needs (e.g. ``{"GPU": 1, "walltime": 600}``); keys the endpoint
+        does not treat as resources are passed to it as options."""
+        return self._resource_specification
+
+    @resource_specification.setter
+    def resource_specification(self, value: dict | None) -> None:
+        self._resource_specification = checked_options(value, "resource_specification")
+
+    @property
+    def user_endpoint_config(self) -> dict | None:
+        """Values for the endpoint's configuration template, sent with each task (as
+        ``options["user_endpoint_config"]``); changes made to it apply to later submissions."""
+        return self._user_endpoint_config
+
+    @user_endpoint_config.setter
+    def user_endpoint_config(self, value: dict | None) -> None:
+        self._user_endpoint_config = checked_options(value, "user_endpoint_config")
+
+    def __repr__(self) -> str:
+        label = f"{self.label}; " if self.label else ""
+        endpoint = f"ep_id:{self.endpoint_id}; " if self.endpoint_id else ""
+        return (f"{type(self).__name__}<{label}{endpoint}tg_id:{self.task_group_id}; "
+                f"bs:{self.batch_size}>")
+
     # --- submission --------------------------------------------------------------------
 
-    def register_function(self, fn: Callable) -> str:
-        try:
-            return self._function_ids[fn]
-        except (KeyError, TypeError):
-            pass
-        function_id = self.client.register_function(fn)
+    def register_function(self, fn: Callable, function_id: str | None = None,
+                          **func_register_kwargs: Any) -> str:
+        """The function id of ``fn``, registered once per executor.
+
+        ``function_id`` associates a known id without asking the service; other keyword
+        arguments (``description``, ``public``, ...) go to ``Client.register_function``.
+        """
+        if function_id is not None:
+            function_id = str(as_uuid(function_id, "function_id"))
+        elif not func_register_kwargs:
+            try:
+                return self._function_ids[fn]
+            except (KeyError, TypeError):
+                pass
+        if function_id is None:
+            function_id = self.client.register_function(fn, **func_register_kwargs)
         try:
             self._function_ids[fn] = function_id
         except TypeError:  # not weak-referenceable (some builtins): register each time
@@ -116,26 +210,67 @@ class Executor(concurrent.futures.Executor):
         """Run ``fn(*args, **kwargs)`` on the endpoint; returns a :class:`ComputeFuture`."""
         return self.submit_with(fn, args, kwargs)
 
+    def register_source_code(self, source: str, function_name: str,
+                             **registration_kwargs: Any) -> str:
+        """Register Python source text whose ``function_name`` is the function to run (see
+        ``Client.register_source_code``); returns its function id."""
+        if self._shutdown:
+            raise RuntimeError("cannot register functions after shutdown")
+        return self.client.register_source_code(source, function_name, **registration_kwargs)
+
+    def submit_to_registered_function(self, function_id: UUIDLike, args: Iterable | None = None,
+                                      kwargs: dict | None = None) -> ComputeFuture:
+        """Run an already registered function (e.g. one shared with you) by its id, with
+        ``args`` (a tuple or list) and ``kwargs`` (a dict)."""
+        if args is not None and not isinstance(args, tuple | list):
+            raise TypeError(f"args: expected a tuple, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs: expected a dict, got {type(kwargs).__name__}")
+        endpoint = self._target(None)
+        return self._enqueue(endpoint, str(as_uuid(function_id, "function_id")),
+                             tuple(args or ()), kwargs, None, None)
+
+    def get_worker_hardware_details(self) -> str:
+        """A text report of the hardware of a worker of this executor's endpoint (waits)."""
+        return self.submit(run_hardware_report, "fedcompute endpoint worker").result()
+
     def submit_with(self, fn: Callable, args: Iterable = (), kwargs: dict | None = None, *,
                     resource_specification: dict | None = None,
                     capture_output: bool | None = None,
-                    endpoint_id: str | None = None) -> ComputeFuture:
+                    endpoint_id: UUIDLike | None = None) -> ComputeFuture:
         """``submit`` with per-task options (resources, output capture, another endpoint)."""
+        endpoint = self._target(endpoint_id)
+        return self._enqueue(endpoint, self.register_function(fn), args, kwargs,
+                             resource_specification, capture_output)
+
+    def _target(self, endpoint_id: UUIDLike | None) -> str:
+        """The endpoint a submission goes to; refuses when there is none or after shutdown."""
         endpoint = endpoint_id or self.endpoint_id
         if not endpoint:
             raise ValueError("no endpoint: pass Executor(endpoint_id=...) or endpoint_id=")
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
+        return str(as_uuid(endpoint, "endpoint_id"))
+
+    def _enqueue(self, endpoint: str, function_id: str, args: Iterable, kwargs: dict | None,
+                 resource_specification: dict | None,
+                 capture_output: bool | None) -> ComputeFuture:
         task = {
             "task_id": str(uuid.uuid4()),
-            "function_id": self.register_function(fn),
+            "function_id": function_id,
             "payload": serialize.serialize_args(tuple(args), dict(kwargs or {})),
         }
-        spec = resource_specification or self.resource_specification
+        spec = resource_specification or self._resource_specification
         if spec:
-            task["resource_specification"] = spec
+            # a snapshot: the attribute may change before the batch goes out
+            task["resource_specification"] = copy.deepcopy(spec)
+        options: dict[str, Any] = {}
         if capture_output if capture_output is not None else self.capture_output:
-            task["options"] = {"capture_output": True}
+            options["capture_output"] = True
+        if self._user_endpoint_config:
+            options["user_endpoint_config"] = copy.deepcopy(self._user_endpoint_config)
+        if options:
+            task["options"] = options
         future = ComputeFuture(task["task_id"], self)
         with self._lock:
             self._futures[future.task_id] = future
@@ -203,11 +338,27 @@ class Executor(concurrent.futures.Executor):
                     self._sending -= 1
                     self._lock.notify_all()
 
+    def _pace(self) -> None:
+        """With ``api_burst_limit`` set: wait until fewer than that many submission requests
+        went out in the last ``api_burst_window_s`` seconds."""
+        if self.api_burst_limit is None or self.api_burst_window_s is None:
+            return
+        sent, window = self._sent_at, float(self.api_burst_window_s)
+        while sent and time.monotonic() - sent[0] >= window:
+            sent.popleft()
+        if len(sent) >= self.api_burst_limit:
+            time.sleep(max(0.0, window - (time.monotonic() - sent[0])))
+            sent.popleft()
+        sent.append(time.monotonic())
+
     def _send(self, endpoint: str, batch: list[tuple[ComputeFuture, dict]]) -> None:
         delay = 0.5
         while True:
             try:
+                self._pace()
                 self.client.submit_tasks(endpoint, [t for _, t in batch], self.task_group_id)
+                with self._lock:
+                    self.task_count_submitted += len(batch)
                 return
             except errors.PayloadTooLarge as exc:
                 if len(batch) > 1:  # find the culprit(s): halve and resend
@@ -298,7 +449,7 @@ class Executor(concurrent.futures.Executor):
             return True
         return False
 
-    def reload_tasks(self, task_group_id: str | None = None) -> list[ComputeFuture]:
+    def reload_tasks(self, task_group_id: UUIDLike | None = None) -> list[ComputeFuture]:
         """Futures for every task of a task group, e.g. submitted by a process that has exited."""
         if task_group_id:
             self.task_group_id = task_group_id

@@ -147,6 +147,13 @@ def pack_exception(exc: BaseException) -> dict:
     }
 
 
+def error_envelope(error: type[BaseException], message: str) -> dict:
+    """The wire envelope of one of fedcompute's own errors, made without raising it (the
+    service reports lost and cancelled tasks this way; the SDK rebuilds them by name)."""
+    return {"type": f"{error.__module__}.{error.__qualname__}", "message": message,
+            "traceback": "", "pickle": b""}
+
+
 def unpack_exception(envelope: dict) -> BaseException:
     """Rebuild the remote exception as its own type where possible, with the remote traceback."""
     tb = envelope.get("traceback") or ""

@@ -16,6 +16,7 @@ import click
 import yaml
 from fedcompute.client import Client
 from fedcompute.config import load_credentials
+from fedcompute.process import AlreadyRunning, PidLock, stop_pid
 
 from .config import (
     config_path,
@@ -29,17 +30,14 @@ from .config import (
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+def _lock(name: str) -> PidLock:
+    """Held by the running endpoint for its whole life: one agent per endpoint folder."""
+    return PidLock(endpoint_dir(name) / "endpoint.lock", f"endpoint {name}")
+
+
 def _pid(name: str) -> int | None:
-    path = endpoint_dir(name) / "endpoint.pid"
-    if not path.exists():
-        return None
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (ValueError, OSError):
-        path.unlink(missing_ok=True)
-        return None
+    """The PID of the running endpoint ``name``, if any."""
+    return _lock(name).held_by()
 
 
 def default_config(engine: str, service_url: str | None, workers: int | None) -> str:
@@ -66,15 +64,17 @@ def endpoint() -> None:
 @endpoint.command()
 @click.argument("name")
 @click.option("--engine", default="local", show_default=True,
-              help="local, slurm, pbs, sge, lsf, htcondor, oar or moab")
+              help="local, slurm, pbs, sge, lsf, htcondor, oar, moab or kubernetes")
 @click.option("--service-url", default=None, help="default: the `fedcompute login` service")
 @click.option("--workers", type=int, default=None, help="local engine: worker processes")
 @click.option("--force", is_flag=True, help="overwrite an existing configuration")
 def configure(name: str, engine: str, service_url: str | None, workers: int | None,
               force: bool) -> None:
     """Write a commented configuration for endpoint NAME."""
-    from .engines import ENGINES
+    from .engines import ENGINES, RETIRED
 
+    if engine in RETIRED:
+        raise click.BadParameter(RETIRED[engine], param_hint="--engine")
     if engine not in ENGINES:
         raise click.BadParameter(f"choose one of {', '.join(ENGINES)}", param_hint="--engine")
     path = config_path(name)
@@ -107,22 +107,22 @@ def run_foreground(name: str) -> None:
     config = load_config(name)
     cred = register(name)
     directory = endpoint_dir(name)
-    pidfile = directory / "endpoint.pid"
-    pidfile.write_text(str(os.getpid()))
+    lock = _lock(name).acquire()
     agent = Agent(config, cred["endpoint_id"], cred["credential"], cred["service_url"], directory)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
-    try:
-        agent.start()
+
+    def ready() -> None:
         # Written atomically: `start` and test harnesses read it as soon as it exists.
-        ready = directory / "endpoint.ready.tmp"
-        ready.write_text(json.dumps({"endpoint_id": cred["endpoint_id"], "pid": os.getpid()}))
-        ready.replace(directory / "endpoint.ready")
-        agent._lease_loop()
+        tmp = directory / "endpoint.ready.tmp"
+        tmp.write_text(json.dumps({"endpoint_id": cred["endpoint_id"], "pid": os.getpid()}))
+        tmp.replace(directory / "endpoint.ready")
+
+    try:
+        agent.run(on_ready=ready)
     finally:
-        agent.shutdown()
         (directory / "endpoint.ready").unlink(missing_ok=True)
-        pidfile.unlink(missing_ok=True)
+        lock.release()
 
 
 @endpoint.command()
@@ -140,7 +140,10 @@ def start(name: str, foreground: bool, timeout: float) -> None:
     if foreground:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run_foreground(name)
+        try:
+            run_foreground(name)
+        except AlreadyRunning as exc:
+            raise click.ClickException(str(exc)) from None
         return
     cred = register(name)
     (directory / "endpoint.ready").unlink(missing_ok=True)
@@ -165,13 +168,7 @@ def _stop(name: str, timeout: float) -> bool:
     pid = _pid(name)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _pid(name) == pid and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _pid(name) == pid:
-        os.kill(pid, signal.SIGKILL)
-        (endpoint_dir(name) / "endpoint.pid").unlink(missing_ok=True)
+    stop_pid(pid, timeout)
     return True
 
 
@@ -227,7 +224,7 @@ def job_script(name: str) -> None:
     from .engines import get_engine
 
     config = load_config(name)
-    engine = get_engine(config.engine, endpoint_dir(name))
+    engine = get_engine(config.engine, endpoint_dir(name), container=config.container)
     script = getattr(engine, "job_script", None)
     if script is None:
         raise click.ClickException(f"engine {config.engine.get('type', 'local')} submits no jobs")

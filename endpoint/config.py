@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 from fedcompute.config import home
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class EndpointConfig(BaseModel):
@@ -35,6 +35,19 @@ class EndpointConfig(BaseModel):
         True, description="users allowed on this endpoint may use it from Dask (FederatedCluster)")
     dask_max_workers: int | None = Field(
         None, ge=0, description="cap on workers a remote Dask scale/adapt may request")
+    container: dict[str, Any] | None = Field(
+        None, description="run the endpoint's Dask workers in this image: {type: "
+                          "podman|docker|podman-hpc|apptainer|singularity, image: NAME, "
+                          "options: [...], python: python3}")
+
+    @field_validator("container")
+    @classmethod
+    def _check_container(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from .containers import container_spec
+
+            container_spec(value)  # ValueError names the bad key or value
+        return value
 
 
 def endpoints_root() -> Path:

@@ -39,14 +39,16 @@ from urllib.parse import urlsplit
 
 from distributed.comm.core import CommClosedError
 from distributed.comm.ws import MAX_MESSAGE_SIZE, WS
+from distributed.core import error_message
+from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketError, websocket_connect
 
+from . import _compat
+
 log = logging.getLogger(__name__)
 
-#: What the scheduler's own listener uses (see ``Scheduler.start_unsafe``).
-HANDSHAKE_OVERRIDES = {"pickle-protocol": 4, "compression": None}
 #: Keyword arguments of ``Cluster.adapt`` a remote user may set.
 ADAPT_OPTIONS = {"minimum", "maximum", "minimum_cores", "maximum_cores", "minimum_memory",
                  "maximum_memory", "interval", "wait_count", "target_duration"}
@@ -91,6 +93,91 @@ class RelayedComm(WS):
             raise
 
 
+class ResourcesUnavailable(RuntimeError):
+    """No worker of the endpoint has, or could be added with, the resources a task asks for."""
+
+
+def _satisfies(offer: dict, need: dict) -> bool:
+    return all(offer.get(name, 0) >= amount for name, amount in need.items())
+
+
+def engine_worker_resources(engine: Any) -> list[dict]:
+    """Resources of the workers the engine would add: its ``resources`` (local) or
+    ``worker_resources`` (batch) option, and the cluster manager's worker template."""
+    offers = []
+    options = getattr(engine, "options", None) or {}
+    for key in ("resources", "worker_resources"):
+        if isinstance(options.get(key), dict) and options[key]:
+            offers.append(dict(options[key]))
+    template = getattr(getattr(engine, "cluster", None), "new_spec", None)
+    if isinstance(template, dict) and isinstance(template.get("options"), dict):
+        resources = template["options"].get("resources")
+        if isinstance(resources, dict) and resources:
+            offers.append(dict(resources))
+    return offers
+
+
+class ResourcesGuard(SchedulerPlugin):
+    """Errs a task at once when its resource restrictions (``resources={"GPU": 1}``, or a
+    fedcompute task's ``resource_specification``) can never be met: no current worker offers
+    them and no worker the engine adds would (Dask itself would wait for ever, silently).
+
+    A task waits as usual while some worker could take it, including workers an adaptive batch
+    engine has not started yet (their ``worker_resources``).
+    """
+
+    name = "fedcompute-resources-guard"
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.scheduler: Any = None
+
+    async def install(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        scheduler.add_plugin(self, name=self.name, idempotent=True)
+
+    def uninstall(self, scheduler: Any) -> None:
+        with suppress(ValueError, KeyError):
+            scheduler.remove_plugin(name=self.name)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any,
+                   stimulus_id: str | None = None, **kwargs: Any) -> None:
+        if finish != "no-worker" or self.scheduler is None:
+            return
+        ts = self.scheduler.tasks.get(key)
+        if ts is not None and ts.resource_restrictions:
+            # Not from inside the scheduler's transition loop: on its next turn.
+            self.scheduler.loop.add_callback(self._check, key)
+
+    def offers(self) -> list[dict]:
+        """Resources of every current worker and of the workers the engine would add."""
+        current = [dict(ws.resources) for ws in self.scheduler.workers.values()]
+        return current + engine_worker_resources(self.engine)
+
+    def _check(self, key: Any) -> None:
+        ts = self.scheduler.tasks.get(key)
+        if ts is None or ts.state != "no-worker" or not ts.resource_restrictions:
+            return
+        need = dict(ts.resource_restrictions)
+        offers = self.offers()
+        if any(_satisfies(offer, need) for offer in offers):
+            return
+        seen = sorted({repr(o) for o in offers if o}) or ["no resources"]
+        exc = ResourcesUnavailable(
+            f"no worker of this endpoint has resources {need}, and none it would add has: "
+            f"its workers offer {', '.join(seen)}. Give the workers those resources in the "
+            "endpoint's config.yaml (engine: resources: for the local engine, "
+            "worker_resources: for batch systems), or ask for less.")
+        msg = error_message(exc)
+        stimulus_id = f"fedcompute-resources-unavailable-{time.time()}"
+        recommendations = self.scheduler.transition(
+            key, "erred", stimulus_id, cause=key, exception=msg["exception"],
+            traceback=msg["traceback"], exception_text=msg["exception_text"],
+            traceback_text=msg["traceback_text"])
+        self.scheduler.transitions(recommendations, stimulus_id)
+        log.info("task %s erred: %s", key, exc)
+
+
 class DaskBridge:
     """Gives users of the service Dask access to ``engine.cluster``'s scheduler.
 
@@ -129,6 +216,7 @@ class DaskBridge:
         self._initial_workers: int | None = None
         self._initial_adaptive: tuple[type, dict] | None = None
         self._remote_adaptive = False
+        self._guard: ResourcesGuard | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -145,6 +233,8 @@ class DaskBridge:
         self._stopping = False
         for name in HANDLERS:
             scheduler.handlers[name] = getattr(self, "_h_" + name.removeprefix("fedcompute_"))
+        self._guard = ResourcesGuard(self.engine)
+        asyncio.run_coroutine_threadsafe(self._guard.install(scheduler), self._loop).result(30)
         self._runner = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         self._log(f"Dask bridge started (session {self.session[:8]})")
         return self
@@ -167,6 +257,9 @@ class DaskBridge:
             self._runner.cancel()
         for name in HANDLERS:
             self._scheduler.handlers.pop(name, None)
+        if self._guard is not None and not self._loop.is_closed():
+            with suppress(Exception):
+                self._loop.call_soon_threadsafe(self._guard.uninstall, self._scheduler)
         self.connected.clear()
         self._loop = None
 
@@ -237,7 +330,7 @@ class DaskBridge:
             sock.protocol.set_nodelay(True)
             comm = RelayedComm(sock, deserialize=self._scheduler.deserialize,
                                allow_offload=False)
-            await asyncio.wait_for(_handshake(comm), self.dial_timeout)
+            await asyncio.wait_for(_compat.listener_handshake(comm), self.dial_timeout)
         except (TimeoutError, OSError, StreamClosedError, WebSocketError, WebSocketClosedError, HTTPClientError, CommClosedError) as exc:
             self._log(f"dial {comm_id[:8]} failed: {exc}", logging.INFO)
             return
@@ -268,8 +361,7 @@ class DaskBridge:
         return len(self._scheduler.workers)
 
     def _adaptive(self) -> Any:
-        adaptive = getattr(self.engine.cluster, "_adaptive", None)
-        return adaptive if adaptive is not None and adaptive.periodic_callback else None
+        return _compat.cluster_adaptive(self.engine.cluster)
 
     def _cap(self, n: float) -> float:
         if self.max_workers is not None and n > self.max_workers:
@@ -284,8 +376,7 @@ class DaskBridge:
         adaptive = self._adaptive()
         self._initial_adaptive = None
         if adaptive is not None:
-            self._initial_adaptive = (type(adaptive),
-                                      dict(getattr(cluster, "_adaptive_options", {})))
+            self._initial_adaptive = (type(adaptive), _compat.adaptive_options(cluster))
 
     def _h_info(self) -> dict:
         return {"endpoint_id": self.endpoint_id, "versions": self.versions,
@@ -298,9 +389,7 @@ class DaskBridge:
                 "session": self.session}
 
     def _stop_adaptive(self) -> None:
-        adaptive = getattr(self.engine.cluster, "_adaptive", None)
-        if adaptive is not None:
-            adaptive.stop()
+        _compat.stop_adaptive(self.engine.cluster)
         self._remote_adaptive = False
 
     def _start_adaptive(self, options: dict) -> dict:
@@ -318,9 +407,8 @@ class DaskBridge:
             # arguments (e.g. the engine itself).
             cls, engine_options = self._initial_adaptive
             kwargs = {"Adaptive": cls, **engine_options}
-        # Cluster.adapt merges into _adaptive_options: no leftovers from earlier calls.
-        cluster._adaptive_options = {}
-        cluster.adapt(**{**kwargs, **options})
+        # Cluster.adapt merges into earlier calls' options: no leftovers from those.
+        _compat.readapt(cluster, **{**kwargs, **options})
         self._remote_adaptive = True
         return options
 
@@ -369,8 +457,7 @@ class DaskBridge:
         self._stop_adaptive()
         if self._initial_adaptive is not None:
             cls, engine_options = self._initial_adaptive
-            self.engine.cluster._adaptive_options = {}
-            self.engine.cluster.adapt(Adaptive=cls, **engine_options)
+            _compat.readapt(self.engine.cluster, Adaptive=cls, **engine_options)
         elif self._initial_workers is not None:
             self.engine.cluster.scale(self._initial_workers)
         self._remote_adaptive = False
@@ -380,22 +467,10 @@ class DaskBridge:
     def _h_cluster_logs(self) -> list[str]:
         """The engine's cluster-manager log, then the bridge's own."""
         lines = [f"{stamp:%Y-%m-%d %H:%M:%S} {text}" for stamp, text in
-                 getattr(self.engine.cluster, "_cluster_manager_logs", [])]
+                 _compat.cluster_manager_logs(self.engine.cluster)]
         lines += [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} dask bridge: {text}"
                   for t, text in self._logs]
         return lines
-
-
-async def _handshake(comm: WS) -> None:
-    """The listener side of Dask's comm handshake (``Listener.on_connection``)."""
-    local_info = {**comm.handshake_info(), **HANDSHAKE_OVERRIDES}
-    await comm.write(local_info)
-    handshake = await comm.read()
-    comm.remote_info = handshake
-    comm.remote_info["address"] = comm.peer_address
-    comm.local_info = local_info
-    comm.local_info["address"] = comm.local_address
-    comm.handshake_options = comm.handshake_configuration(comm.local_info, comm.remote_info)
 
 
 def _message(exc: HTTPClientError) -> str:

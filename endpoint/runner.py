@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from fedcompute import errors, serialize
+
+from . import launchers  # issue 15: MPI launches and per-task containers
+from .records import LeasedTask, TaskResult
 
 _functions: dict[str, Callable] = {}
 _MAX_OUTPUT = 1024 * 1024
@@ -94,38 +96,38 @@ class _Capture(logging.Handler):
         self._stack.close()
 
 
-def run_task(task: dict, body: bytes, max_result_size: int,
-             walltime: float | None = None) -> dict:
+def run_task(task: LeasedTask, body: bytes, max_result_size: int) -> TaskResult:
     """Run one task; never raises (a failure is a result too)."""
-    started = time.time()
-    out: dict[str, Any] = {"task_id": task["task_id"]}
-    capture = bool((task.get("options") or {}).get("capture_output"))
-    cap = _Capture() if capture else None
+    # Issue 15: MPI keys or a container in resource_specification (see launchers.py).
+    if task.resource_specification and launchers.needs_launch(task.resource_specification):
+        return launchers.run_launched(task, body, max_result_size, run_task)
+    result = TaskResult(task.task_id, "failed", started=time.time())
+    cap = _Capture() if task.capture_output else None
     try:
-        fn = _function(task["function_id"], body)
-        args, kwargs = serialize.loads(task["payload"])
-        with _Walltime(walltime), cap or contextlib.nullcontext():
+        fn = _function(task.function_id, body)
+        args, kwargs = serialize.loads(task.payload)
+        with _Walltime(task.walltime), cap or contextlib.nullcontext():
             value = fn(*args, **kwargs)
         data = serialize.dumps(value)
         if len(data) > max_result_size:
             raise errors.ResultTooLarge(
                 f"result is {len(data)} bytes; this endpoint's max_result_size is "
                 f"{max_result_size} bytes")
-        out["status"], out["result"] = "success", data
+        result.status, result.result = "success", data
     except BaseException as exc:  # noqa: BLE001 - SystemExit from user code fails the task too
         if isinstance(exc, errors.WalltimeExceeded) and not exc.args:
-            exc = errors.WalltimeExceeded(f"task ran past its walltime of {walltime}s")
+            exc = errors.WalltimeExceeded(f"task ran past its walltime of {task.walltime}s")
         exc.__traceback__ = exc.__traceback__ and (exc.__traceback__.tb_next or exc.__traceback__)
-        out["status"], out["exception"] = "failed", serialize.pack_exception(exc)
+        result.exception = serialize.pack_exception(exc)
     if cap is not None:
-        out["stdout"] = cap.out.getvalue()[-_MAX_OUTPUT:]
-        out["stderr"] = cap.err.getvalue()[-_MAX_OUTPUT:]
-    out["timings"] = {"started": started, "finished": time.time()}
-    return out
+        result.stdout = cap.out.getvalue()[-_MAX_OUTPUT:]
+        result.stderr = cap.err.getvalue()[-_MAX_OUTPUT:]
+    result.finished = time.time()
+    return result
 
 
-def run_chunk(tasks: list[dict], bodies: dict[str, bytes], max_result_size: int,
-              walltime: float | None = None) -> list[dict]:
+def run_chunk(tasks: list[LeasedTask], bodies: dict[str, bytes],
+              max_result_size: int) -> list[TaskResult]:
     """Run a packed chunk of tasks in this worker; returns their results in order."""
     sys.setswitchinterval(0.005)
-    return [run_task(t, bodies[t["function_id"]], max_result_size, walltime) for t in tasks]
+    return [run_task(t, bodies[t.function_id], max_result_size) for t in tasks]

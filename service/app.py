@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from flask import Flask, Response, request
+from rq import Queue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from . import relay
 from .api import agent, endpoints, functions, meta, tasks
 from .api.wire import reply
 from .auth import RateLimited
+from .context import EXTENSION, FedContext, stopping
 from .settings import Settings
 from .store import Store
+from .worker import QUEUE
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FedContext:
-    """What request handlers share: settings, the store, the RQ queue."""
-
-    settings: Settings
-    store: Store
-    queue: Any = None
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -37,23 +31,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask("fedcompute.service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
-    store = Store(settings.redis_url, settings)
-    queue = None
-    try:
-        from rq import Queue
-
-        queue = Queue("fedcompute", connection=store.redis)
-    except ImportError:  # pragma: no cover - rq is part of the service extra
-        pass
-    app.extensions["fedcompute"] = FedContext(settings, store, queue)
-    for module in (meta, functions, endpoints, tasks, agent):
+    store = Store(settings.redis_url, settings, stopping)
+    app.extensions[EXTENSION] = FedContext(settings, store, Queue(QUEUE, connection=store.redis),
+                                           relay.Relay.from_settings(settings))
+    for module in (meta, functions, endpoints, tasks, agent, relay):
         app.register_blueprint(module.bp)
-    try:
-        from . import relay
-    except ImportError:
-        relay = None  # the Dask relay is optional
-    if relay is not None and hasattr(relay, "init_app"):
-        relay.init_app(app)
     _register_errors(app)
     return app
 

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, g, request
+from flask import g, request
 from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
+from .context import fed
 from .store import Store
 
 USER_PREFIX = "fcu_"
@@ -59,10 +60,10 @@ def authenticate(headers: Any) -> Principal:
     token = token.strip()
     if len(token) > 256:
         raise Unauthorized("invalid token")
-    fed = current_app.extensions["fedcompute"]
-    limit = fed.settings.rate_limit if token.startswith(USER_PREFIX) else 0
-    window = fed.settings.rate_window if limit else 0
-    principal, count = fed.store.lookup_token(hash_token(token), window)
+    ctx = fed()
+    limit = ctx.settings.rate_limit if token.startswith(USER_PREFIX) else 0
+    window = ctx.settings.rate_window if limit else 0
+    principal, count = ctx.store.lookup_token(hash_token(token), window)
     if not principal:
         raise Unauthorized("invalid or revoked token")
     if limit and count > limit:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from fedcompute.process import AlreadyRunning, PidLock
 
 from .auth import hash_token, issue_user_token
 from .embedded import EmbeddedRedis, redis_password_file
@@ -38,7 +39,11 @@ def service() -> None:
 def start(host: str, port: int, redis_url: str | None, data_dir: Path | None, workers: int,
           threads: int, certfile: str | None, keyfile: str | None) -> None:
     """Start the API (gunicorn), the RQ worker and, with no --redis-url, an embedded Redis."""
-    svc = Service(host, port, redis_url, data_dir, workers, threads, certfile, keyfile).start()
+    try:
+        svc = Service(host, port, redis_url, data_dir, workers, threads, certfile,
+                      keyfile).start()
+    except AlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"fedcompute service at {svc.url} (data in {svc.data_dir})", err=True)
     click.echo(json.dumps({"url": svc.url, "pid": __import__("os").getpid()}), err=False)
     svc.serve_forever()
@@ -48,18 +53,26 @@ def start(host: str, port: int, redis_url: str | None, data_dir: Path | None, wo
 def open_store(redis_url: str | None, data_dir: Path | None) -> Iterator[Store]:
     """The service's store: its external Redis, its running embedded one, or the embedded one
     started just for this command (on the same data folder, so nothing diverges)."""
-    data_dir = data_dir or default_data_dir()
+    data_dir = Path(data_dir or default_data_dir())
     state = running_service(data_dir)
     url = redis_url or (state or {}).get("redis_url")
-    embedded = None
-    if not url:
-        embedded = EmbeddedRedis(data_dir / "redis", password=redis_password_file(data_dir))
-        url = embedded.start().url
+    if url:
+        yield Store(url, Settings.from_env(redis_url=url))
+        return
+    # No service runs here: start its Valkey for this command, holding the service's lock so
+    # that no service starts a second one on the same files meanwhile.
     try:
+        lock = PidLock(data_dir / "service.lock", f"a fedcompute service on {data_dir}").acquire()
+    except AlreadyRunning as exc:
+        raise click.ClickException(f"{exc}; it has not written its state yet, try again") \
+            from None
+    embedded = EmbeddedRedis(data_dir / "redis", password=redis_password_file(data_dir))
+    try:
+        url = embedded.start().url
         yield Store(url, Settings.from_env(redis_url=url))
     finally:
-        if embedded:
-            embedded.stop()
+        embedded.stop()
+        lock.release()
 
 
 @click.group()

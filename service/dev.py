@@ -13,6 +13,7 @@ import time
 
 import click
 import yaml
+from fedcompute import process
 from fedcompute.config import home, save_credentials
 
 from .auth import issue_user_token
@@ -35,9 +36,10 @@ def _start_endpoint(env: dict[str, str], name: str, service_url: str, workers: i
     config.write_text("# written by `fedcompute dev`\n" + yaml.safe_dump(data))
     (directory / "endpoint.ready").unlink(missing_ok=True)
     log = open(directory / "endpoint.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([sys.executable, "-m", "fedcompute.endpoint.cli", "start", name,
-                             "--foreground"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    # SIGKILL if `dev` dies: the whole stack goes with it, so there is nothing to drain for.
+    proc = process.spawn([sys.executable, "-m", "fedcompute.endpoint.cli", "start", name,
+                          "--foreground"], death_signal=signal.SIGKILL, env=env, stdout=log,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     deadline = time.monotonic() + timeout
     ready = directory / "endpoint.ready"
@@ -62,7 +64,10 @@ def dev(port: int, workers: int | None, run_cmd: str | None, user_name: str) -> 
     Prints the URL, a token and the endpoint id, and saves them so that `Client()` and
     `Executor(endpoint_id=...)` work from another shell. Ctrl-C stops everything.
     """
-    svc = Service(port=port, data_dir=home() / "dev" / "service").start()
+    try:
+        svc = Service(port=port, data_dir=home() / "dev" / "service").start()
+    except process.AlreadyRunning as exc:
+        raise click.ClickException(f"`fedcompute dev` is already running here: {exc}") from None
     endpoint_proc = None
     try:
         store = Store(svc.redis_url, Settings.from_env(redis_url=svc.redis_url))
@@ -97,11 +102,7 @@ def dev(port: int, workers: int | None, run_cmd: str | None, user_name: str) -> 
                 click.echo("the endpoint exited; restarting it", err=True)
                 endpoint_proc, _ = _start_endpoint(env, "local", svc.url, workers)
     finally:
-        if endpoint_proc is not None and endpoint_proc.poll() is None:
-            endpoint_proc.send_signal(signal.SIGTERM)
-            try:
-                endpoint_proc.wait(60)
-            except subprocess.TimeoutExpired:
-                endpoint_proc.kill()
+        if endpoint_proc is not None:
+            process.stop(endpoint_proc, 60)
         svc.stop()
         click.echo("stopped", err=True)

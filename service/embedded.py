@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import redis
+from fedcompute import process
 
 
 def free_port() -> int:
@@ -52,9 +53,9 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        # SIGTERM if we die: Valkey then flushes its append-only file and exits.
+        self.process = process.spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         while True:
@@ -76,14 +77,8 @@ class EmbeddedRedis:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: Valkey flushes the AOF and exits
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            process.stop(self.process, timeout)  # SIGTERM: Valkey flushes the AOF and exits
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

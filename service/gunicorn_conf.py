@@ -12,12 +12,12 @@ from typing import Any
 
 
 def post_worker_init(worker: Any) -> None:
-    from fedcompute.service import store
+    from fedcompute.service.context import stopping
 
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
-        store.stopping.set()
+        stopping.set()
         if callable(previous):
             previous(signum, frame)
 

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
 
-from fedcompute.protocol import packb, unpackb
+from fedcompute.protocol import TaskSpec, packb, unpackb
 
+from .context import FedContext
 from .settings import Settings
-from .store import Store
-
-if TYPE_CHECKING:
-    from .app import FedContext
+from .store import Store, keys
 
 log = logging.getLogger(__name__)
 FANOUT_SLICE = 2000
@@ -38,9 +35,9 @@ def maintenance(redis_url: str) -> dict:
 
 
 def enqueue_fanout(ctx: FedContext, owner: str, endpoint_id: str, group: str,
-                   tasks: list[dict]) -> None:
-    key = f"fc:fanout:{uuid.uuid4()}"
-    ctx.store.redis.set(key, packb(tasks), ex=ctx.settings.task_ttl)
+                   tasks: list[TaskSpec]) -> None:
+    key = keys.fanout(str(uuid.uuid4()))
+    ctx.store.redis.set(key, packb([t.model_dump() for t in tasks]), ex=ctx.settings.task_ttl)
     ctx.queue.enqueue(fanout, ctx.store.url, key, owner, endpoint_id, group,
                       job_timeout=600, result_ttl=600, failure_ttl=7 * 24 * 3600)
 
@@ -51,7 +48,7 @@ def fanout(redis_url: str, key: str, owner: str, endpoint_id: str, group: str) -
     raw = store.redis.get(key)
     if raw is None:
         return 0
-    tasks = unpackb(raw)
+    tasks = [TaskSpec.model_construct(**t) for t in unpackb(raw)]  # validated when sent
     for i in range(0, len(tasks), FANOUT_SLICE):
         store.submit(owner, endpoint_id, group, tasks[i:i + FANOUT_SLICE])
     store.redis.delete(key)

@@ -92,8 +92,9 @@ def openapi_document() -> dict:
         f"{V}/endpoints": {
             "post": _op("Register an endpoint; returns its credential",
                         body=p.EndpointRegistration, ok=p.EndpointRegistered, status="201"),
-            "get": _op("Endpoints you own or that are shared with you",
-                       ok={"type": "array", "items": _ref(p.EndpointInfo)}),
+            "get": _op("Endpoints you own (role=owner) or may use (role=any, the default)",
+                       ok={"type": "array", "items": _ref(p.EndpointInfo)},
+                       params=[_query("role", {"type": "string", "enum": ["owner", "any"]})]),
         },
         f"{V}/endpoints/{{endpoint_id}}": {
             "get": _op("Describe an endpoint", ok=p.EndpointInfo, params=[eid]),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import socket
 import threading
@@ -33,15 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import simple_websocket
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import Forbidden, NotFound, ServiceUnavailable, TooManyRequests
 from wsproto.events import CloseConnection, Message, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from .access import usable
 from .api import uuid_arg
 from .api.wire import reply
 from .auth import authenticate
-from .store import sharing_allows
+from .context import fed
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ CHUNK = 1024 * 1024
 DIAL_TIMEOUT = 30.0
 #: A control connection silent this long (bridges ping every 20 s) is dropped.
 CONTROL_IDLE_TIMEOUT = 75.0
-#: Relayed comms at once, in all and per user (each holds two of gunicorn's threads; a Dask
-#: client with a FederatedCluster uses 3). ``FEDCOMPUTE_DASK_MAX_COMMS[_PER_USER]`` override.
-MAX_COMMS = int(os.environ.get("FEDCOMPUTE_DASK_MAX_COMMS") or 24)
-MAX_COMMS_PER_USER = int(os.environ.get("FEDCOMPUTE_DASK_MAX_COMMS_PER_USER") or 12)
 #: Close codes the relay sends (4000-4999 are for applications).
 CLOSE_ENDPOINT_GONE = 4001
 CLOSE_DIAL_FAILED = 4002
@@ -169,9 +165,9 @@ class Pair:
 class Relay:
     """The in-process meeting point of users' comms and endpoints' dial-outs."""
 
-    def __init__(self, dial_timeout: float = DIAL_TIMEOUT,
-                 control_idle_timeout: float = CONTROL_IDLE_TIMEOUT,
-                 max_comms: int = MAX_COMMS, max_comms_per_user: int = MAX_COMMS_PER_USER):
+    def __init__(self, max_comms: int, max_comms_per_user: int,
+                 dial_timeout: float = DIAL_TIMEOUT,
+                 control_idle_timeout: float = CONTROL_IDLE_TIMEOUT):
         self.max_comms = max_comms
         self.max_comms_per_user = max_comms_per_user
         self.dial_timeout = dial_timeout
@@ -179,6 +175,12 @@ class Relay:
         self.lock = threading.Lock()
         self.controls: dict[str, Control] = {}
         self.pairs: dict[str, Pair] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Relay:
+        """Relayed comms at once, in all and per user (``FEDCOMPUTE_DASK_MAX_COMMS[_PER_USER]``;
+        each holds two API threads; a Dask client with a FederatedCluster uses 3)."""
+        return cls(settings.dask_max_comms, settings.dask_max_comms_per_user)
 
     def control(self, endpoint_id: str) -> Control | None:
         with self.lock:
@@ -211,11 +213,11 @@ class Relay:
 
 
 def relay() -> Relay:
-    return current_app.extensions["fedcompute_relay"]
+    return fed().relay
 
 
 def _store() -> Any:
-    return current_app.extensions["fedcompute"].store
+    return fed().store
 
 
 def _principal(kind: str) -> str:
@@ -227,9 +229,7 @@ def _principal(kind: str) -> str:
 
 def _usable_endpoint(endpoint_id: str, user: str) -> dict:
     """The endpoint record if ``user`` may run Dask on it (404 hides others' endpoints)."""
-    record = _store().get_endpoint(endpoint_id)
-    if record is None or not sharing_allows(record, user):
-        raise NotFound(f"endpoint {endpoint_id} not found")
+    record = usable(_store().get_endpoint(endpoint_id), user, f"endpoint {endpoint_id}")
     if record.get("allowed_functions") is not None:
         # A Dask client runs arbitrary code on the endpoint: that would bypass the restriction.
         raise Forbidden(f"endpoint {endpoint_id} only runs its allowed_functions; "
@@ -406,11 +406,3 @@ def _json(data: str) -> dict:
         return {}
     return value if isinstance(value, dict) else {}
 
-
-def init_app(app: Flask) -> None:
-    """Register the relay's routes and its in-process state on ``app``."""
-    settings = getattr(app.extensions.get("fedcompute"), "settings", None)
-    app.extensions["fedcompute_relay"] = Relay(
-        max_comms=getattr(settings, "dask_max_comms", MAX_COMMS),
-        max_comms_per_user=getattr(settings, "dask_max_comms_per_user", MAX_COMMS_PER_USER))
-    app.register_blueprint(bp)

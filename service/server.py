@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from fedcompute import process
 from fedcompute.config import home
 from redis import Redis
 from rq import Queue
@@ -84,6 +85,10 @@ class Service:
         self.children: dict[str, subprocess.Popen] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: One service per data folder: a second one would run a second Valkey on the same
+        #: append-only file.
+        self.lock = process.PidLock(self.data_dir / "service.lock",
+                                    f"a fedcompute service on {self.data_dir}")
 
     @property
     def url(self) -> str:
@@ -111,21 +116,28 @@ class Service:
         else:
             args = [sys.executable, "-m", "fedcompute.service.worker"]
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(args, env=self._env(), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = process.spawn(args, env=self._env(), stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
         out.close()
         self.children[name] = proc
         return proc
 
     def start(self, wait: float = 30.0) -> Service:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.redis_url:
-            self.embedded = EmbeddedRedis(self.data_dir / "redis",
-                                          password=redis_password_file(self.data_dir)).start()
-            self.redis_url = self.embedded.url
-        self._spawn("api")
-        self._spawn("worker")
-        self._wait_ready(wait)
+        """Start everything; :class:`fedcompute.process.AlreadyRunning` if a service already
+        runs on this data folder."""
+        self.lock.acquire()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            if not self.redis_url:
+                self.embedded = EmbeddedRedis(self.data_dir / "redis",
+                                              password=redis_password_file(self.data_dir)).start()
+                self.redis_url = self.embedded.url
+            self._spawn("api")
+            self._spawn("worker")
+            self._wait_ready(wait)
+        except BaseException:
+            self.stop()
+            raise
         path = state_path(self.data_dir)
         path.write_text(json.dumps({"pid": os.getpid(), "url": self.url,
                                     "redis_url": self.redis_url}))
@@ -186,18 +198,11 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.children.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        process.stop_all(list(self.children.values()))
         if self.embedded:
             self.embedded.stop()
         state_path(self.data_dir).unlink(missing_ok=True)
+        self.lock.release()
 
     def serve_forever(self) -> None:
         """Block until SIGTERM or SIGINT, then stop everything."""

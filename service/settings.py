@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 
 def _env(name: str, default, cast=str):
@@ -33,14 +33,11 @@ class Settings:
     max_result_wait: float = 30.0
     dask_max_comms: int = 24                # relayed Dask comms at once (2 API threads each)
     dask_max_comms_per_user: int = 12
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
         values = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             cast = type(f.default) if f.default is not None else str
             values[f.name] = _env(f.name, f.default, cast)
         values.update({k: v for k, v in overrides.items() if v is not None})

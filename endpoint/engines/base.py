@@ -12,6 +12,10 @@ from distributed import Client
 from distributed.deploy import Cluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from .. import _compat
+from ..containers import container_spec
+from ..launchers import LAUNCHER_ENV, check_launcher
+
 #: Dask settings every engine runs with. A task whose worker dies is not retried by Dask on
 #: other workers (the agent splits packed tasks and fails only the culprit); remote clients
 #: never talk to workers directly.
@@ -36,11 +40,11 @@ class _FastStreams(SchedulerPlugin):
 
     def __init__(self, scheduler) -> None:
         self.scheduler = scheduler
-        for address in list(scheduler.stream_comms):
+        for address in list(_compat.worker_streams(scheduler)):
             self.add_worker(scheduler, address)
 
     def add_worker(self, scheduler=None, worker=None) -> None:
-        stream = self.scheduler.stream_comms.get(worker)
+        stream = _compat.worker_streams(self.scheduler).get(worker)
         if stream is not None:
             stream.interval = BATCH_INTERVAL
 
@@ -54,11 +58,20 @@ class Engine(abc.ABC):
 
     name = "base"
 
-    def __init__(self, options: dict[str, Any], workdir: Path):
+    def __init__(self, options: dict[str, Any], workdir: Path,
+                 container: dict[str, Any] | None = None):
         self.options = dict(options)
         self.workdir = Path(workdir)
+        #: The endpoint's ``container:`` (its workers run in that image), checked.
+        self.container = container_spec(container) if container else None
+        #: ``mpi_launcher`` (an option of every engine), told to workers as an env variable.
+        self.mpi_launcher = check_launcher(self.options.get("mpi_launcher"))
         self.cluster: Cluster | None = None
         self.client: Client | None = None
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment variables the engine's workers get: the MPI launcher setting."""
+        return {LAUNCHER_ENV: self.mpi_launcher} if self.mpi_launcher != "auto" else {}
 
     @abc.abstractmethod
     def make_cluster(self) -> Cluster:
@@ -77,7 +90,7 @@ class Engine(abc.ABC):
         scheduler, 5 ms scheduler to worker); a steady stream of short tasks always hits that
         window, so each round trip waits for it. 1 ms keeps batching under load.
         """
-        self.client.scheduler_comm.interval = BATCH_INTERVAL
+        _compat.set_client_batching(self.client, BATCH_INTERVAL)
         scheduler = getattr(self.cluster, "scheduler", None)
         if scheduler is not None and hasattr(scheduler, "add_plugin"):
             self.client.sync(_add_plugin, scheduler)

@@ -44,6 +44,7 @@ import difflib
 import inspect
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,9 @@ from typing import Any, ClassVar
 import dask
 from distributed.deploy import Adaptive
 
+from .. import _compat
+from ..containers import container_spec, worker_python
+from ..launchers import LAUNCHER_ENV, check_launcher
 from .base import DASK_CONFIG, Engine
 from .resources import dask_resources, parse_duration, worker_resources_arg
 
@@ -61,6 +65,7 @@ log = logging.getLogger(__name__)
 ENGINE_OPTIONS = frozenset({
     "type", "min_jobs", "max_jobs", "adaptive", "lifetime", "worker_resources",
     "allowed_failures", "dashboard", "lost_job_timeout", "status_interval", "parallelism",
+    "mpi_launcher",
 })
 
 #: dask-jobqueue parameters an endpoint does not pass: fedcompute sets them, or they are not
@@ -123,9 +128,11 @@ class JobQueueEngine(Engine):
     #: Options that exist in dask-jobqueue but are deprecated for this system.
     deprecated: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, options: dict[str, Any], workdir: Path):
-        super().__init__(options, workdir)
-        self.cluster_kwargs = self.build_cluster_kwargs(self.options, self.workdir)
+    def __init__(self, options: dict[str, Any], workdir: Path,
+                 container: dict[str, Any] | None = None):
+        super().__init__(options, workdir, container)
+        self.cluster_kwargs = self.build_cluster_kwargs(self.options, self.workdir,
+                                                        self.container)
         self.min_jobs, self.max_jobs = self._job_bounds(self.options)
         self.allowed_failures = self._int_option("allowed_failures", 2, minimum=0)
         self.lost_job_timeout = self._number_option("lost_job_timeout", 10.0)
@@ -273,10 +280,14 @@ class JobQueueEngine(Engine):
         return ["--lifetime", f"{int(lifetime)}s", "--lifetime-stagger", f"{int(stagger)}s"]
 
     @classmethod
-    def build_cluster_kwargs(cls, options: dict[str, Any], workdir: Path | None) -> dict:
-        """Validated keyword arguments for the dask-jobqueue cluster class."""
+    def build_cluster_kwargs(cls, options: dict[str, Any], workdir: Path | None,
+                             container: Any = None) -> dict:
+        """Validated keyword arguments for the dask-jobqueue cluster class; with the
+        endpoint's ``container``, the worker runs in its image."""
         options = dict(options or {})
         cls.validate(options)
+        launcher = check_launcher(options.get("mpi_launcher"))
+        container = container_spec(container) if container else None
         kwargs = {k: v for k, v in options.items() if k not in ENGINE_OPTIONS}
         for key in LIST_OPTIONS & set(kwargs):
             if isinstance(kwargs[key], list):
@@ -298,13 +309,26 @@ class JobQueueEngine(Engine):
         kwargs["worker_extra_args"] = extra
         # Workers in jobs do not share this process's Dask config: pass the worker settings
         # every engine runs with (e.g. non-daemonic workers) as environment variables.
+        exported = {_dask_env(key): str(value) for key, value in DASK_CONFIG.items()
+                    if key.startswith("distributed.worker.")}
+        if launcher != "auto":
+            exported[LAUNCHER_ENV] = launcher
         kwargs["job_script_prologue"] = [
-            f"export {_dask_env(key)}={value}" for key, value in DASK_CONFIG.items()
-            if key.startswith("distributed.worker.")] + list(kwargs.get("job_script_prologue") or [])
+            f"export {name}={shlex.quote(value)}" for name, value in exported.items()
+        ] + list(kwargs.get("job_script_prologue") or [])
         # exec: the worker replaces the job's shell, so the batch system's signals (scancel,
         # walltime) reach it and it stays in the job's process tree, killed with the job.
-        python = kwargs.get("python") or dask.config.get(
-            f"jobqueue.{cls.cluster_class().job_cls.config_name}.python", None) or sys.executable
+        if container is not None:
+            if kwargs.get("python"):
+                raise ValueError(f"engine {cls.name!r}: python names the host's interpreter, "
+                                 "but the workers run in the endpoint's container: set "
+                                 "container: {python: ...} instead")
+            # Globus Compute style: the worker command, wrapped in `podman run ... IMAGE`.
+            python = worker_python(container, exported)
+        else:
+            python = kwargs.get("python") or dask.config.get(
+                f"jobqueue.{cls.cluster_class().job_cls.config_name}.python", None) \
+                or sys.executable
         kwargs["python"] = python if str(python).startswith("exec ") else f"exec {python}"
         if workdir is not None:
             kwargs.setdefault("log_directory", str(Path(workdir) / "jobs"))
@@ -321,9 +345,9 @@ class JobQueueEngine(Engine):
 
     @classmethod
     def script_for(cls, options: dict[str, Any], workdir: Path | None = None,
-                   address: str = PLACEHOLDER_ADDRESS) -> str:
+                   address: str = PLACEHOLDER_ADDRESS, container: Any = None) -> str:
         """The batch script a job would be submitted with (no scheduler is started)."""
-        kwargs = cls.build_cluster_kwargs(options, workdir)
+        kwargs = cls.build_cluster_kwargs(options, workdir, container)
         job_cls = cls.cluster_class().job_cls
         try:
             # dask-jobqueue builds the script when a Job is made (and creates log_directory).
@@ -336,7 +360,7 @@ class JobQueueEngine(Engine):
         """The batch script: the running cluster's own, or one with a placeholder address."""
         if self.cluster is not None:
             return self.cluster.job_script()
-        return self.script_for(self.options, self.workdir)
+        return self.script_for(self.options, self.workdir, container=self.container)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -364,7 +388,7 @@ class JobQueueEngine(Engine):
         """Workers (Dask processes) wanted for the outstanding tasks."""
         if self.outstanding <= 0 or self.cluster is None:
             return 0
-        job = self.cluster._dummy_job
+        job = _compat.job_template(self.cluster)
         threads = max(1, int(job.worker_process_threads))
         wanted = math.ceil(self.outstanding * self.parallelism / threads)
         return max(int(job.worker_processes), wanted)
@@ -437,7 +461,7 @@ class JobQueueEngine(Engine):
         """Drop jobs that ended (walltime, lifetime, scancel, failure) from the cluster's plan,
         so that Adaptive submits new ones while work remains. Runs on the cluster's loop."""
         cluster = self.cluster
-        if cluster is None or cluster._lock.locked() or cluster._correct_state_waiting:
+        if cluster is None or _compat.is_rescaling(cluster):
             return []
         now = time.time()
         connected = self._connected_jobs()
@@ -494,7 +518,7 @@ class JobQueueEngine(Engine):
         for job_id in set(self._first_noticed) - {job.job_id for job in jobs.values()}:
             del self._first_noticed[job_id]
         if ended:
-            cluster._correct_state()  # closes (cancels) what is left of those jobs
+            _compat.correct_state(cluster)  # closes (cancels) what is left of those jobs
         return ended
 
     def _stop_workers_of(self, job_name: str) -> None:
@@ -572,14 +596,15 @@ def engine_for(options: dict[str, Any]) -> type[JobQueueEngine]:
     return cls
 
 
-def job_script(options: dict[str, Any], workdir: Path | None = None) -> str:
+def job_script(options: dict[str, Any], workdir: Path | None = None,
+               container: dict[str, Any] | None = None) -> str:
     """The batch script an endpoint with these ``engine:`` options would submit."""
-    return engine_for(options).script_for(options, workdir)
+    return engine_for(options).script_for(options, workdir, container=container)
 
 
-def validate_options(options: dict[str, Any]) -> None:
+def validate_options(options: dict[str, Any], container: dict[str, Any] | None = None) -> None:
     """Raise ``ValueError`` if these ``engine:`` options would not make a working engine."""
-    engine_for(options).build_cluster_kwargs(options, None)
+    engine_for(options).build_cluster_kwargs(options, None, container)
 
 
 __all__ = ["ENGINE_OPTIONS", "JobQueueEngine", "dask_resources", "job_script",

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-from flask import current_app
 from werkzeug.exceptions import BadRequest
 
-if TYPE_CHECKING:
-    from ..app import FedContext
-
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-
-def fed() -> FedContext:
-    return current_app.extensions["fedcompute"]
 
 
 def uuid_arg(value: str, what: str) -> str:

@@ -12,12 +12,12 @@ from fedcompute.protocol import (
     TaskStateUpdate,
 )
 from flask import Blueprint
-from werkzeug.exceptions import Conflict, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import Conflict, NotFound
 
 from ..auth import require_endpoint
+from ..context import fed
 from ..store import StaleSession
-from . import fed
-from .wire import parse, reply
+from .wire import parse, reply, within_limit
 
 bp = Blueprint("agent", __name__, url_prefix=f"/{API_VERSION}/agent")
 
@@ -73,13 +73,11 @@ def results():
     """Store finished tasks; duplicates (redeliveries) are acknowledged and ignored."""
     endpoint_id = require_endpoint()
     batch = parse(ResultBatch)
-    limit = fed().settings.max_payload_bytes
     for r in batch.results:
-        if r.result is not None and len(r.result) > limit:
-            raise RequestEntityTooLarge(
-                f"result of task {r.task_id} is {len(r.result)} bytes; the limit is {limit}")
+        within_limit(f"result of task {r.task_id}", len(r.result or b""),
+                     fed().settings.max_payload_bytes, "max_payload_bytes")
     store = fed().store
-    stored, dup = store.store_results(endpoint_id, [r.model_dump() for r in batch.results])
+    stored, dup = store.store_results(endpoint_id, batch.results)
     try:
         store.touch(endpoint_id, batch.session)
     except StaleSession:

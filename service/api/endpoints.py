@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 
 from fedcompute.protocol import API_VERSION, EndpointRegistration, SharingUpdate
-from flask import Blueprint
-from werkzeug.exceptions import NotFound
+from flask import Blueprint, request
+from werkzeug.exceptions import BadRequest
 
+from ..access import owned, usable
 from ..auth import ENDPOINT_PREFIX, hash_token, new_token, require_user
-from ..store import sharing_allows
-from . import fed, uuid_arg
+from ..context import fed
+from . import uuid_arg
 from .wire import parse, reply
 
 bp = Blueprint("endpoints", __name__, url_prefix=f"/{API_VERSION}/endpoints")
@@ -32,31 +33,36 @@ def register():
     endpoint_id = reg.endpoint_id or str(uuid.uuid4())
     if reg.endpoint_id:
         existing = store.get_endpoint(endpoint_id)
-        if existing is not None and existing["owner"] != user:
-            raise NotFound(f"endpoint {endpoint_id} not found among your endpoints")
+        if existing is not None:
+            owned(existing, user, f"endpoint {endpoint_id}")
     credential = new_token(ENDPOINT_PREFIX)
     store.put_endpoint(endpoint_id, user, reg.name, reg.public, reg.shared_with,
                        reg.allowed_functions, reg.metadata, hash_token(credential))
     return reply({"endpoint_id": endpoint_id, "name": reg.name, "credential": credential}, 201)
 
 
+#: ``?role=`` of the endpoint list, as in Globus Compute: ``owner`` (yours) or ``any`` (all
+#: you may use: yours, shared with you, public; the default).
+ROLES = ("owner", "any")
+
+
 @bp.get("")
 def list_endpoints():
-    return reply([public_view(r) for r in fed().store.endpoints_of(require_user())])
+    user = require_user()
+    role = request.args.get("role", "any")
+    if role not in ROLES:
+        raise BadRequest(f"invalid role {role[:40]!r}: use one of {', '.join(ROLES)}")
+    records = fed().store.endpoints_of(user)
+    return reply([public_view(r) for r in records if role == "any" or r["owner"] == user])
 
 
 def visible_endpoint(endpoint_id: str, user: str) -> dict:
     record = fed().store.get_endpoint(uuid_arg(endpoint_id, "endpoint id"))
-    if record is None or not sharing_allows(record, user):
-        raise NotFound(f"endpoint {endpoint_id} not found")
-    return record
+    return usable(record, user, f"endpoint {endpoint_id}")
 
 
 def _owned(endpoint_id: str, user: str) -> dict:
-    record = visible_endpoint(endpoint_id, user)
-    if record["owner"] != user:
-        raise NotFound(f"endpoint {endpoint_id} not found among your endpoints")
-    return record
+    return owned(visible_endpoint(endpoint_id, user), user, f"endpoint {endpoint_id}")
 
 
 @bp.get("/<endpoint_id>")
@@ -79,7 +85,7 @@ def update(endpoint_id: str):
     _owned(endpoint_id, user)
     change = parse(SharingUpdate)
     # An explicit null lifts the restriction; an absent field leaves it as it is.
-    fed().store.update_sharing("ep", endpoint_id.lower(), change.public, change.shared_with,
+    fed().store.share_endpoint(endpoint_id.lower(), change.public, change.shared_with,
                                change.allowed_functions,
                                clear_allowed="allowed_functions" in change.model_fields_set
                                and change.allowed_functions is None)

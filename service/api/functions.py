@@ -5,12 +5,12 @@ from __future__ import annotations
 from fedcompute.protocol import API_VERSION, FunctionRegistration, SharingUpdate
 from fedcompute.serialize import function_digest
 from flask import Blueprint
-from werkzeug.exceptions import NotFound, RequestEntityTooLarge
 
+from ..access import owned, usable
 from ..auth import require_user
-from ..store import sharing_allows
-from . import fed, uuid_arg
-from .wire import parse, reply
+from ..context import fed
+from . import uuid_arg
+from .wire import parse, reply, within_limit
 
 bp = Blueprint("functions", __name__, url_prefix=f"/{API_VERSION}/functions")
 
@@ -19,10 +19,8 @@ bp = Blueprint("functions", __name__, url_prefix=f"/{API_VERSION}/functions")
 def register():
     user = require_user()
     reg = parse(FunctionRegistration)
-    limit = fed().settings.max_function_bytes
-    if len(reg.function_body) > limit:
-        raise RequestEntityTooLarge(
-            f"function body is {len(reg.function_body)} bytes; the limit is {limit} bytes")
+    within_limit("function body", len(reg.function_body), fed().settings.max_function_bytes,
+                 "max_function_bytes")
     fid = fed().store.put_function(user, reg.function_name, reg.function_body,
                                    function_digest(reg.function_body), reg.description,
                                    reg.public, reg.shared_with)
@@ -31,9 +29,7 @@ def register():
 
 def _visible(function_id: str, user: str) -> dict:
     record = fed().store.get_function(uuid_arg(function_id, "function id"))
-    if record is None or not sharing_allows(record, user):
-        raise NotFound(f"function {function_id} not found")
-    return record
+    return usable(record, user, f"function {function_id}")
 
 
 @bp.get("/<function_id>")
@@ -42,10 +38,7 @@ def get(function_id: str):
 
 
 def _owned(function_id: str, user: str) -> dict:
-    record = _visible(function_id, user)
-    if record["owner"] != user:
-        raise NotFound(f"function {function_id} not found among your functions")
-    return record
+    return owned(_visible(function_id, user), user, f"function {function_id}")
 
 
 @bp.patch("/<function_id>")
@@ -53,7 +46,7 @@ def share(function_id: str):
     user = require_user()
     _owned(function_id, user)
     update = parse(SharingUpdate)
-    fed().store.update_sharing("fn", function_id.lower(), update.public, update.shared_with)
+    fed().store.share_function(function_id.lower(), update.public, update.shared_with)
     return reply(_visible(function_id, user))
 
 

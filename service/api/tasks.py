@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 import uuid
 
+from fedcompute import errors, serialize
 from fedcompute.protocol import API_VERSION, TaskBatch, TaskIds, packb
 from flask import Blueprint, request
-from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound
 
+from ..access import owned
 from ..auth import require_user
-from . import fed, uuid_arg
+from ..context import fed
+from ..jobs import enqueue_fanout
+from . import uuid_arg
 from .endpoints import visible_endpoint
-from .wire import parse, reply
+from .wire import parse, reply, within_limit
 
 bp = Blueprint("tasks", __name__, url_prefix=f"/{API_VERSION}")
 
@@ -21,15 +25,11 @@ _CURSOR = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 def _check_batch(batch: TaskBatch, user: str) -> None:
     settings = fed().settings
-    if len(batch.tasks) > settings.max_batch_tasks:
-        raise RequestEntityTooLarge(
-            f"batch has {len(batch.tasks)} tasks; the limit is {settings.max_batch_tasks} per "
-            "request")
+    within_limit("batch", len(batch.tasks), settings.max_batch_tasks, "max_batch_tasks",
+                 "tasks")
     for task in batch.tasks:
-        if len(task.payload) > settings.max_payload_bytes:
-            raise RequestEntityTooLarge(
-                f"task {task.task_id} payload is {len(task.payload)} bytes; the limit is "
-                f"{settings.max_payload_bytes} bytes (max_payload_bytes)")
+        within_limit(f"task {task.task_id} payload", len(task.payload),
+                     settings.max_payload_bytes, "max_payload_bytes")
     endpoint = visible_endpoint(batch.endpoint_id, user)
     function_ids = sorted({t.function_id for t in batch.tasks})
     usable = fed().store.functions_usable(function_ids, user)
@@ -50,25 +50,22 @@ def submit():
     batch = parse(TaskBatch)
     _check_batch(batch, user)
     group = batch.task_group_id or str(uuid.uuid4())
-    tasks = [t.model_dump() for t in batch.tasks]
+    tasks = batch.tasks
+    task_ids = [t.task_id for t in tasks]
     store = fed().store
     if len(tasks) > fed().settings.fanout_threshold and fed().queue is not None:
         # Big batches are written by an RQ worker in slices, so this request returns fast.
-        from ..jobs import enqueue_fanout
-
         # Claimed now, so that the group is the caller's at once (get_task_group works while
         # the worker writes) and a conflict is answered here, not lost in the worker.
         if not store.claim_group(group, user):
             raise Conflict("task group belongs to another user")
         enqueue_fanout(fed(), user, batch.endpoint_id, group, tasks)
-        return reply({"task_group_id": group, "task_ids": [t["task_id"] for t in tasks],
-                      "duplicates": 0}, 202)
+        return reply({"task_group_id": group, "task_ids": task_ids, "duplicates": 0}, 202)
     try:
         dup = store.submit(user, batch.endpoint_id, group, tasks)
     except PermissionError as exc:
         raise Conflict(str(exc)) from exc
-    return reply({"task_group_id": group, "task_ids": [t["task_id"] for t in tasks],
-                  "duplicates": dup}, 201)
+    return reply({"task_group_id": group, "task_ids": task_ids, "duplicates": dup}, 201)
 
 
 def _public(record: dict) -> dict:
@@ -81,9 +78,7 @@ def _public(record: dict) -> dict:
 def get_task(task_id: str):
     user = require_user()
     record = fed().store.get_tasks([uuid_arg(task_id, "task id")])[0]
-    if record is None or record["owner"] != user:
-        raise NotFound(f"task {task_id} not found")
-    return reply(_public(record))
+    return reply(_public(owned(record, user, f"task {task_id}")))
 
 
 @bp.post("/tasks/get")
@@ -100,10 +95,9 @@ def cancel(task_id: str):
     user = require_user()
     task_id = uuid_arg(task_id, "task id")
     store = fed().store
-    if store.task_owner(task_id) != user:
-        raise NotFound(f"task {task_id} not found")
-    envelope = packb({"type": "fedcompute.errors.TaskCancelled",
-                      "message": f"task {task_id} was cancelled", "traceback": "", "pickle": b""})
+    owned({"owner": store.task_owner(task_id)}, user, f"task {task_id}")
+    envelope = packb(serialize.error_envelope(errors.TaskCancelled,
+                                              f"task {task_id} was cancelled"))
     return reply({"task_id": task_id, "status": store.cancel(task_id, envelope)})
 
 
@@ -111,8 +105,8 @@ def _owned_group(group: str, user: str, allow_new: bool = False) -> str:
     """The group id if ``user`` owns it (or, with ``allow_new``, nobody has created it yet)."""
     group = uuid_arg(group, "task group id")
     owner = fed().store.group_owner(group)
-    if owner != user and not (allow_new and owner is None):
-        raise NotFound(f"task group {group} not found")
+    if not (allow_new and owner is None):
+        owned({"owner": owner}, user, f"task group {group}")
     return group
 
 

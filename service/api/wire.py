@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from fedcompute.protocol import JSON, MSGPACK, packb, unpackb
 from flask import Response, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -68,3 +68,10 @@ def reply(body: Any, status: int = 200, headers: dict | None = None) -> Response
         return Response(packb(body), status=status, mimetype=MSGPACK, headers=headers)
     return Response(json.dumps(body, default=_json_default, separators=(",", ":")),
                     status=status, mimetype=JSON, headers=headers)
+
+
+def within_limit(what: str, size: int, limit: int, setting: str, unit: str = "bytes") -> None:
+    """413 naming the size, the limit and the setting behind it when ``size`` exceeds it."""
+    if size > limit:
+        raise RequestEntityTooLarge(f"{what} is {size} {unit}; the limit is {limit} {unit} "
+                                    f"({setting})")

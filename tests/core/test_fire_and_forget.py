@@ -22,7 +22,7 @@ def square(x):
 
 ex = Executor(endpoint_id=sys.argv[1])
 futures = [ex.submit(square, i) for i in range(int(sys.argv[2]))]
-print(json.dumps({"group": ex.task_group_id, "tasks": [f.task_id for f in futures]}))
+print(json.dumps({"group": str(ex.task_group_id), "tasks": [f.task_id for f in futures]}))
 """
 
 

@@ -53,7 +53,7 @@ def run_client(url: str, token: str, endpoint: str, index: int, tasks: int,
                     wrong += 1
             except Exception:  # noqa: BLE001 - counted and reported
                 errors += 1
-        group = ex.task_group_id
+        group = str(ex.task_group_id)
     return {"client": index, "group": group, "began": began, "ended": time.time(),
             "latencies": latencies, "statuses": dict(statuses), "wrong": wrong,
             "errors": errors}

@@ -33,7 +33,7 @@ while len(ex.client.get_task_group(ex.task_group_id)) < n:
 while sum(f.done() for f in futures) < n // 10:
     time.sleep(0.01)
 done = sum(f.done() for f in futures)
-print(json.dumps({"group": ex.task_group_id, "tasks": [f.task_id for f in futures],
+print(json.dumps({"group": str(ex.task_group_id), "tasks": [f.task_id for f in futures],
                   "done": done}), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -124,7 +124,7 @@ def test_oversized_requests_payloads_functions_and_batches(env):
     tasks = [_task(function) for _ in range(MAX_BATCH + 1)]
     body = msgpack.packb({"endpoint_id": endpoint, "tasks": tasks})
     _expect(http.post("/tasks", content=body, headers={"Content-Type": MSGPACK}), 413,
-            f"batch has {MAX_BATCH + 1} tasks", f"the limit is {MAX_BATCH} per request")
+            f"batch is {MAX_BATCH + 1} tasks", f"the limit is {MAX_BATCH} tasks (max_batch_tasks)")
     _expect(http.post("/tasks/get", json={"task_ids": [str(uuid.uuid4())] * 10_001}), 400,
             "task_ids")
     # None of it was stored.

@@ -40,7 +40,7 @@ def base(kind: str, **extra) -> dict:
 # --- dispatch ------------------------------------------------------------------------------
 
 def test_every_batch_system_has_an_engine():
-    assert set(BATCH) | {"local"} == set(ENGINES)
+    assert set(BATCH) | {"local", "kubernetes"} == set(ENGINES)
     for kind in BATCH:
         cls = engine_class(kind)
         assert issubclass(cls, JobQueueEngine) and cls.name == kind
@@ -250,15 +250,20 @@ def test_lifetime_settings():
 # --- resources -----------------------------------------------------------------------------
 
 def test_dask_resources():
-    assert dask_resources(None) == {"resources": None, "walltime": None}
+    assert dask_resources(None) == {"resources": None, "walltime": None, "options": None}
     assert dask_resources({"GPU": 1, "MEMORY": 4e9, "walltime": "00:10:00"}) == {
-        "resources": {"GPU": 1, "MEMORY": 4e9}, "walltime": 600.0}
+        "resources": {"GPU": 1, "MEMORY": 4e9}, "walltime": 600.0, "options": None}
     assert dask_resources({"num_nodes": 2, "ranks_per_node": 4, "walltime": 30}) == {
-        "resources": None, "walltime": 30.0}
-    for bad in ({"GPU": 0}, {"GPU": "one"}, {"GPU": True}, {"bad name": 1},
+        "resources": None, "walltime": 30.0, "options": {"num_nodes": 2, "ranks_per_node": 4}}
+    # a key the endpoint does not know as a resource is an option for its engine
+    assert dask_resources({"queue": "debug"})["options"] == {"queue": "debug"}
+    for bad in ({"GPU": 0}, {"GPU": "1"}, {"GPU": -1.5}, {"bad name": 1},
                 {"walltime": "never"}):
         with pytest.raises(ValueError):
             dask_resources(bad)
+    for bad in ({"GPU": "one"}, {"GPU": True}):  # amounts of a resource the workers advertise
+        with pytest.raises(ValueError):
+            dask_resources(bad, resource_names={"GPU"})
 
 
 # --- job states ----------------------------------------------------------------------------

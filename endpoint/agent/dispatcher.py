@@ -1,0 +1,208 @@
+"""From leased tasks to Dask work: checks, packing, submission, and what a failure means.
+
+Short tasks of one function are packed into one Dask task (about ``chunk_target_seconds`` of
+work, measured per function), which keeps Dask's per-task overhead off them. Tasks that need
+worker resources or have a walltime run alone. When a Dask task fails because its worker died,
+a packed chunk is rerun task by task, so that only the task that kills its worker fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from fedcompute import errors
+
+from ..config import EndpointConfig
+from ..engines.base import Engine
+from ..engines.resources import dask_resources
+from ..launchers import needs_launch
+from ..records import LeasedTask, TaskResult
+from ..runner import run_chunk
+from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+#: Exceptions by which Dask says a task's worker died under it.
+_WORKER_DEATHS = ("KilledWorker", "CommClosedError", "FutureCancelledError")
+
+
+class FunctionCache:
+    """Function bodies the service sent, most recent last (shared by the poller, which adds,
+    and the dispatcher, which reads)."""
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, bodies: dict[str, bytes]) -> None:
+        with self._lock:
+            self._bodies.update(bodies)
+            while len(self._bodies) > self.size:
+                self._bodies.popitem(last=False)
+
+    def get(self, function_id: str) -> bytes | None:
+        with self._lock:
+            return self._bodies.get(function_id)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._bodies)
+
+
+class Dispatcher:
+    """Submits leased tasks to the engine's Dask cluster; results go to ``finish``."""
+
+    def __init__(self, engine: Engine, config: EndpointConfig, ledger: Ledger,
+                 functions: FunctionCache, finish: Callable[[list[TaskResult]], None],
+                 mark: Callable[[str, list[str]], None], workers: Callable[[], int],
+                 stopping: threading.Event):
+        self.engine = engine
+        self.config = config
+        self.ledger = ledger
+        self.functions = functions
+        self.finish = finish
+        self.mark = mark
+        self.workers = workers
+        self.stopping = stopping
+        self.allowed = (set(config.allowed_functions) if config.allowed_functions is not None
+                        else None)
+        #: Resources this endpoint's workers advertise: a task's amount of one must be a number.
+        self.resource_names = set(config.engine.get("worker_resources")
+                                  or config.engine.get("resources") or ())
+        self._lock = threading.Lock()  # guards the two below (Dask callback threads write)
+        self._futures: dict[str, Any] = {}
+        self._durations: dict[str, float] = {}  # function id -> seconds per task (EWMA)
+
+    def dispatch(self, leased: list[LeasedTask]) -> list[LeasedTask]:
+        """Submit what was leased; returns the tasks dispatched (not already held)."""
+        new = self.ledger.admit(t.task_id for t in leased)
+        tasks = [t for t in leased if t.task_id in new]
+        packable: dict[str, list[LeasedTask]] = {}
+        alone: list[LeasedTask] = []
+        for task in tasks:
+            refusal = self._refusal(task)
+            if refusal is not None:
+                self.finish([TaskResult.failure(task.task_id, refusal)])
+            elif task.packable:
+                packable.setdefault(task.function_id, []).append(task)
+            else:
+                alone.append(task)
+        for function_id, group in packable.items():
+            size = self._chunk_size(function_id, len(group))
+            for i in range(0, len(group), size):
+                self._submit(group[i:i + size])
+        for task in alone:
+            self._submit([task])
+        if tasks and self.workers() == 0:
+            ids = [t.task_id for t in tasks]
+            self.ledger.waiting_for_nodes(ids)
+            self.mark("waiting-for-nodes", ids)
+        return tasks
+
+    def _refusal(self, task: LeasedTask) -> BaseException | None:
+        """Why this endpoint cannot run ``task`` (None if it can); sets its resources and
+        walltime."""
+        if self.allowed is not None and task.function_id not in self.allowed:
+            return errors.FunctionNotAllowed(
+                f"function {task.function_id} is not in this endpoint's allowed_functions")
+        if self.functions.get(task.function_id) is None:
+            return errors.SerializationError(
+                f"function {task.function_id} body was not delivered to the endpoint")
+        task.walltime = self.config.task_walltime
+        if task.resource_specification:
+            try:
+                spec = dask_resources(task.resource_specification,
+                                      resource_names=self.resource_names)
+            except ValueError as exc:
+                return exc
+            task.resources = spec["resources"]
+            task.walltime = spec["walltime"] or task.walltime
+            task.launch = needs_launch(task.resource_specification)
+        return None
+
+    def _chunk_size(self, function_id: str, count: int) -> int:
+        with self._lock:
+            per_task = self._durations.get(function_id, 0.001)
+        # Batch engines starting from zero jobs will have up to max_jobs jobs' workers.
+        slots = max(self.workers(), getattr(self.engine, "max_jobs", 1) or 1, 1)
+        return int(min(self.config.max_chunk,
+                       max(1, self.config.chunk_target_seconds / max(per_task, 1e-6)),
+                       max(1, math.ceil(count / slots))))
+
+    def _submit(self, chunk: list[LeasedTask], retried: bool = False) -> None:
+        bodies = {t.function_id: self.functions.get(t.function_id) for t in chunk}
+        key = f"fedcompute-{chunk[0].task_id}-{len(chunk)}-{uuid.uuid4().hex[:6]}"
+        future = self.engine.client.submit(
+            run_chunk, chunk, bodies, self.config.max_result_size, key=key, pure=False,
+            resources=chunk[0].resources if len(chunk) == 1 else None, retries=0)
+        with self._lock:
+            self._futures[key] = future
+        future.add_done_callback(partial(self._chunk_done, chunk, key, retried))
+
+    def _chunk_done(self, chunk: list[LeasedTask], key: str, retried: bool,
+                    future: Any) -> None:
+        with self._lock:
+            self._futures.pop(key, None)
+        if future.status == "cancelled" or self.stopping.is_set() and future.status != "finished":
+            return  # shutting down: these tasks are released to the service
+        try:
+            results: list[TaskResult] = future.result()
+        except Exception as exc:  # noqa: BLE001 - a worker died or the chunk could not run
+            if len(chunk) > 1:
+                # Rerun one by one so that only the task that kills its worker fails.
+                for task in chunk:
+                    self._submit([task])
+                return
+            if not retried and self._lost_with_worker(chunk[0], exc):
+                # Dask fails every task its dead worker held (allowed-failures is 0), queued
+                # ones too: a task merely waiting behind the one that killed the worker would
+                # fail with it. One more run tells the culprit from the bystanders.
+                self._submit(chunk, retried=True)
+                return
+            results = [self._death(chunk[0], exc)]
+        self._learn_durations(chunk, results)
+        self.finish(results)
+
+    def _learn_durations(self, chunk: list[LeasedTask], results: list[TaskResult]) -> None:
+        function_of = {t.task_id: t.function_id for t in chunk}
+        with self._lock:
+            for r in results:
+                took = r.duration
+                if took is not None:
+                    fid = function_of[r.task_id]
+                    self._durations[fid] = 0.8 * self._durations.get(fid, took) + 0.2 * took
+
+    def _past_walltime(self, task: LeasedTask) -> bool:
+        return bool(task.walltime) and (
+            time.time() - self.ledger.dispatched_at(task.task_id) >= task.walltime)
+
+    def _lost_with_worker(self, task: LeasedTask, exc: BaseException) -> bool:
+        return type(exc).__name__ in _WORKER_DEATHS and not self._past_walltime(task)
+
+    def _death(self, task: LeasedTask, exc: BaseException) -> TaskResult:
+        if self._past_walltime(task):
+            err: BaseException = errors.WalltimeExceeded(
+                f"task ran past its walltime of {task.walltime}s and its worker was stopped")
+        elif self._lost_with_worker(task, exc):
+            err = errors.WorkerLost(
+                "the worker process running this task died (segfault, os._exit, out of memory "
+                f"or killed): {type(exc).__name__}: {exc}")
+        else:
+            err = exc
+        return TaskResult.failure(task.task_id, err)
+
+    def cancel_all(self) -> None:
+        """Cancel every Dask task still running (shutting down)."""
+        with self._lock:
+            futures = list(self._futures.values())
+        for future in futures:
+            future.cancel()

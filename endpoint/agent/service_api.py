@@ -1,0 +1,80 @@
+"""The agent's client of the service's ``/v1/agent`` routes: HTTP, msgpack and error mapping.
+
+The agent only needs to tell three outcomes apart: an answer, "try again later"
+(:class:`ServiceUnavailable`: unreachable, 5xx, 408, 429) and "another agent took over"
+(:class:`SessionReplaced`: 409). Anything else is a :class:`fedcompute.errors.ServiceError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from fedcompute import errors, http
+from fedcompute.protocol import API_VERSION, MSGPACK, packb
+
+_RETRY_LATER = (408, 429)
+
+
+class ServiceUnavailable(Exception):
+    """The service could not be reached or answered 5xx; try again later."""
+
+
+class SessionReplaced(Exception):
+    """Another agent for this endpoint connected; this one must stop."""
+
+
+class ServiceAPI:
+    """One agent session's calls (``session`` goes with every request)."""
+
+    def __init__(self, service_url: str, credential: str, session: str,
+                 verify: bool | str = True, timeout: float = 60.0):
+        self.service_url = service_url.rstrip("/")
+        self.session = session
+        self.http = httpx.Client(
+            base_url=f"{self.service_url}/{API_VERSION}/agent",
+            headers={"Authorization": f"Bearer {credential}", "Accept": MSGPACK,
+                     "Content-Type": MSGPACK},
+            timeout=httpx.Timeout(timeout, connect=10.0), verify=verify)
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
+        """POST ``body`` (plus the session) to ``path``; the decoded answer."""
+        try:
+            response = self.http.post(path, content=packb({"session": self.session, **body}),
+                                      timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(f"{path}: {exc}") from exc
+        if response.status_code >= 500 or response.status_code in _RETRY_LATER:
+            raise ServiceUnavailable(f"{path}: HTTP {response.status_code}")
+        try:
+            return http.decode(response)
+        except errors.ServiceError as exc:
+            if exc.status == 409:
+                raise SessionReplaced(exc.message) from exc
+            raise
+
+    # --- the routes ----------------------------------------------------------------------
+
+    def connect(self, status: dict, versions: dict) -> dict:
+        return self.post("/connect", {"status": status, "versions": versions})
+
+    def lease(self, max_tasks: int, wait: float, cached_functions: list[str],
+              recover: bool = False, timeout: float = 60.0) -> dict:
+        return self.post("/lease", {"max_tasks": max_tasks, "wait": wait,
+                                    "cached_functions": cached_functions, "recover": recover},
+                         timeout=timeout)
+
+    def results(self, results: list[dict]) -> dict:
+        return self.post("/results", {"results": results})
+
+    def heartbeat(self, status: dict) -> dict:
+        return self.post("/heartbeat", {"status": status})
+
+    def mark(self, state: str, task_ids: list[str]) -> dict:
+        return self.post("/tasks/state", {"state": state, "task_ids": task_ids})
+
+    def release(self, task_ids: list[str], disconnect: bool = False) -> dict:
+        return self.post("/release", {"task_ids": task_ids, "disconnect": disconnect})
+
+    def close(self) -> None:
+        self.http.close()

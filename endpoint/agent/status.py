@@ -1,0 +1,95 @@
+"""What the agent tells the service about itself: heartbeats, status and task states.
+
+Two threads: the status thread follows the engine (workers, scaling, tasks waiting for nodes)
+and may block on Dask; the heartbeat thread never waits for Dask, since a heartbeat stuck
+behind a busy scheduler would get the endpoint's leases reclaimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedcompute import __version__, errors
+from fedcompute.versions import versions
+
+from ..engines.base import Engine
+from ..spool import Spool
+from .ledger import Ledger
+from .service_api import ServiceAPI, ServiceUnavailable, SessionReplaced
+
+log = logging.getLogger(__name__)
+
+
+def agent_versions() -> dict[str, str]:
+    return {**versions("dask", "distributed", "cloudpickle"), "fedcompute": __version__}
+
+
+class StatusReporter:
+    def __init__(self, api: ServiceAPI, engine: Engine, ledger: Ledger, spool: Spool,
+                 stopping: threading.Event, on_replaced: Callable[[], None]):
+        self.api = api
+        self.engine = engine
+        self.ledger = ledger
+        self.spool = spool
+        self.stopping = stopping
+        self.on_replaced = on_replaced
+        self.heartbeat_interval = 5.0
+        self.workers = 0
+        self.started = time.time()
+        self._engine_status: dict[str, Any] = {}
+        self._versions = agent_versions()
+
+    def status(self, fresh: bool = True) -> dict[str, Any]:
+        """The status heartbeats carry; ``fresh=False`` uses the engine status last gathered by
+        the status thread."""
+        if fresh or not self._engine_status:
+            self._engine_status = self.engine.status()
+        return {**self._engine_status, "workers": self.workers,
+                "outstanding": self.ledger.outstanding(), "spooled_batches": len(self.spool),
+                "session": self.api.session, "hostname": platform.node(),
+                "uptime": round(time.time() - self.started, 1),
+                "versions": self._versions}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self._versions
+
+    def mark(self, state: str, task_ids: list[str]) -> None:
+        """Report leased tasks waiting for nodes, or running (best effort)."""
+        try:
+            self.api.mark(state, task_ids)
+        except (ServiceUnavailable, errors.ServiceError, SessionReplaced) as exc:
+            log.warning("could not report %s: %s", state, exc)
+
+    def follow_engine(self) -> None:
+        """The status thread: workers, scaling, and tasks that waited for nodes."""
+        last = 0.0
+        while not self.stopping.wait(0.5):
+            try:
+                self.workers = self.engine.worker_count()
+                if time.monotonic() - last >= self.heartbeat_interval:
+                    last = time.monotonic()
+                    self._engine_status = self.engine.status()
+                if self.workers:
+                    ready = self.ledger.take_waiting_for_nodes()
+                    if ready:
+                        self.mark("running", ready)
+                self.engine.scale_for(self.ledger.outstanding())
+            except Exception as exc:  # noqa: BLE001 - keep following whatever happens
+                log.warning("status update failed: %s", exc)
+
+    def beat(self) -> None:
+        """The heartbeat thread."""
+        while not self.stopping.wait(self.heartbeat_interval):
+            try:
+                self.api.heartbeat(self.status(fresh=False))
+            except SessionReplaced:
+                log.error("another agent took over this endpoint; stopping")
+                self.on_replaced()
+            except (ServiceUnavailable, errors.ServiceError) as exc:
+                log.warning("heartbeat failed: %s", exc)

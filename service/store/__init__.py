@@ -1,0 +1,116 @@
+"""The service's Redis: one part per concept behind the :class:`Store` facade.
+
+============== =====================================================================
+``keys``        every key, in one place
+``scripts``     the Lua scripts (``lua/*.lua``; each header documents KEYS and ARGV)
+``tokens``      users and token hashes
+``functions``   registered functions
+``endpoints``   endpoint records, queue counts
+``tasks``       submission, task records, cancellation, result streams
+``leases``      agent sessions and the lease protocol
+``maintenance`` reclaiming the leases of silent endpoints
+============== =====================================================================
+
+Callers use ``Store``; each of its methods is the same-named method of one part.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+
+from .endpoints import Endpoints
+from .functions import Functions
+from .leases import Leases, StaleSession
+from .maintenance import Maintenance
+from .records import sharing_allows
+from .scripts import Scripts
+from .tasks import Tasks
+from .tokens import Tokens
+
+__all__ = ["StaleSession", "Store", "sharing_allows"]
+
+
+class _Part:
+    """A :class:`Store` method that is the same-named method of one of its parts."""
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, store: Store | None, owner: type) -> Any:
+        if store is None:
+            return self
+        return getattr(getattr(store, self.part), self.name)
+
+
+class Store:
+    """All reads and writes of the service's Redis."""
+
+    def __init__(self, url: str, settings: Any, stopping: threading.Event | None = None):
+        self.url = url
+        self.settings = settings
+        #: Set when this process stops: long-polls then end within one slice.
+        self.stopping = stopping or threading.Event()
+        self.redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5,
+                                          health_check_interval=30, max_connections=512)
+        # Blocking reads (long polls) get their own pool, with no socket timeout of their own.
+        self.blocking = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5,
+                                             max_connections=512)
+        scripts = Scripts(self.redis)
+        self.tokens = Tokens(self.redis)
+        self.functions = Functions(self.redis)
+        self.endpoints = Endpoints(self.redis, self.tokens, settings.heartbeat_timeout)
+        self.tasks = Tasks(self.redis, self.blocking, scripts, settings.task_ttl,
+                           settings.result_ttl, self.stopping)
+        self.leases = Leases(self.redis, self.blocking, scripts, settings, self.stopping)
+        self.upkeep = Maintenance(self.endpoints, self.leases, settings.heartbeat_timeout)
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    create_user = _Part("tokens")
+    list_users = _Part("tokens")
+    add_token = _Part("tokens")
+    lookup_token = _Part("tokens")
+    revoke_tokens = _Part("tokens")
+    revoke_token = _Part("tokens")
+
+    put_function = _Part("functions")
+    get_function = _Part("functions")
+    functions_usable = _Part("functions")
+    function_bodies = _Part("functions")
+    share_function = _Part("functions")
+    delete_function = _Part("functions")
+
+    put_endpoint = _Part("endpoints")
+    get_endpoint = _Part("endpoints")
+    endpoints_of = _Part("endpoints")
+    endpoint_counts = _Part("endpoints")
+    share_endpoint = _Part("endpoints")
+    delete_endpoint = _Part("endpoints")
+
+    submit = _Part("tasks")
+    get_tasks = _Part("tasks")
+    task_owner = _Part("tasks")
+    cancel = _Part("tasks")
+    store_results = _Part("tasks")
+    mark = _Part("tasks")
+    claim_group = _Part("tasks")
+    group_owner = _Part("tasks")
+    group_task_ids = _Part("tasks")
+    read_results = _Part("tasks")
+
+    connect_agent = _Part("leases")
+    heartbeat = _Part("leases")
+    touch = _Part("leases")
+    lease = _Part("leases")
+    release = _Part("leases")
+    reclaim = _Part("leases")
+
+    maintenance = _Part("upkeep")
+

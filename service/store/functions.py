@@ -1,0 +1,76 @@
+"""Registered functions: bodies (opaque bytes), names and sharing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis
+
+from . import keys
+from .records import names_json, sharing, sharing_allows, update_sharing
+
+
+class Functions:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    def put_function(self, owner: str, name: str, body: bytes, digest: str, description: str,
+                     public: bool, shared_with: list[str]) -> str:
+        """Register (or update) a function; the same owner and body give the same id."""
+        function_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fedcompute:{owner}:{digest}"))
+        key = keys.function(function_id)
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, "created", time.time())
+        pipe.hset(key, mapping={"owner": owner, "function_name": name, "body": body,
+                                "description": description, "public": int(public),
+                                "shared_with": names_json(shared_with)})
+        pipe.sadd(keys.user_functions(owner), function_id)
+        pipe.execute()
+        return function_id
+
+    def get_function(self, function_id: str, with_body: bool = False) -> dict | None:
+        names = ["owner", "function_name", "description", "public", "shared_with", "created"]
+        if with_body:
+            names.append("body")
+        values = self.redis.hmget(keys.function(function_id), names)
+        if values[0] is None:
+            return None
+        rec = dict(zip(names, values, strict=True))
+        out = {"function_id": function_id,
+               **sharing(rec["owner"], rec["public"], rec["shared_with"]),
+               "function_name": rec["function_name"].decode(),
+               "description": (rec["description"] or b"").decode(),
+               "created": float(rec["created"] or 0)}
+        if with_body:
+            out["body"] = rec["body"]
+        return out
+
+    def functions_usable(self, function_ids: list[str], user: str) -> dict[str, bool | None]:
+        """For each id: usable by ``user``, not usable (False), or unknown (None)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for fid in function_ids:
+            pipe.hmget(keys.function(fid), "owner", "public", "shared_with")
+        out: dict[str, bool | None] = {}
+        for fid, (owner, public, shared) in zip(function_ids, pipe.execute(), strict=True):
+            out[fid] = None if owner is None else sharing_allows(
+                sharing(owner, public, shared), user)
+        return out
+
+    def function_bodies(self, function_ids: list[str]) -> dict[str, bytes]:
+        pipe = self.redis.pipeline(transaction=False)
+        for fid in function_ids:
+            pipe.hget(keys.function(fid), "body")
+        return {fid: body for fid, body in zip(function_ids, pipe.execute(), strict=True)
+                if body is not None}
+
+    def share_function(self, function_id: str, public: bool | None,
+                       shared_with: list[str] | None) -> None:
+        update_sharing(self.redis, keys.function(function_id), public, shared_with)
+
+    def delete_function(self, function_id: str, owner: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(keys.function(function_id))
+        pipe.srem(keys.user_functions(owner), function_id)
+        pipe.execute()
+

@@ -1,0 +1,44 @@
+-- Prepended to every script (after `local CONSUMER_GROUP = ...` from keys.py).
+-- Scripts get the keys they touch in KEYS, and templates from keys.TEMPLATES (with '{id}')
+-- for keys they only learn while running.
+
+local function is_final(state)
+  return state == 'success' or state == 'failed' or state == 'cancelled'
+end
+
+local function key_for(template, id)
+  return (string.gsub(template, '{id}', id, 1))
+end
+
+-- Acknowledge and delete a task's queue entry: the task no longer waits for an agent.
+local function drop_entry(queue, entry)
+  if entry and entry ~= '' then
+    redis.call('XACK', queue, CONSUMER_GROUP, entry)
+    redis.call('XDEL', queue, entry)
+  end
+end
+
+-- Every state change goes through here, so that each state has its timestamp.
+local function set_state(task_key, state, now)
+  redis.call('HSET', task_key, 'state', state, 't_' .. state, now)
+end
+
+-- Put a task back on its endpoint's queue (a new entry): it waits for an agent again.
+local function requeue(task_key, task_id, queue, now)
+  local entry = redis.call('XADD', queue, '*', 't', task_id)
+  redis.call('HSET', task_key, 'entry', entry)
+  set_state(task_key, 'waiting-for-endpoint', now)
+  redis.call('HDEL', task_key, 'session')
+end
+
+-- A task reached a final state: drop its inputs, keep the record for `ttl` seconds and tell
+-- the submitter through the group's result stream.
+local function finish(task_key, task_id, results_template, ttl, now)
+  local group = redis.call('HGET', task_key, 'group')
+  redis.call('HSET', task_key, 'completed', '1', 't_completed', now)
+  redis.call('HDEL', task_key, 'payload', 'session')
+  redis.call('EXPIRE', task_key, ttl)
+  local results = key_for(results_template, group)
+  redis.call('XADD', results, '*', 't', task_id)
+  redis.call('EXPIRE', results, ttl)
+end

@@ -1,0 +1,42 @@
+-- SUBMIT: write a batch of tasks for one endpoint, all or nothing.
+-- KEYS[1]    the endpoint's queue          KEYS[2]  the task group's hash
+-- KEYS[3]    the task group's task list    KEYS[3+i] the i-th task's hash
+-- ARGV[1] owner, ARGV[2] endpoint id, ARGV[3] group id, ARGV[4] now, ARGV[5] task ttl,
+-- then 5 per task: task id, function id, payload, resources (msgpack or ''), options (same).
+-- Returns {duplicates, ''}; {-1, why} when the group or a task id belongs to another user.
+local queue, group_key, members = KEYS[1], KEYS[2], KEYS[3]
+local owner, endpoint_id, group_id, now, ttl =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local FIRST, STRIDE = 6, 5
+
+local group_owner = redis.call('HGET', group_key, 'owner')
+if group_owner and group_owner ~= owner then return {-1, 'task group belongs to another user'} end
+for i = 1, #KEYS - 3 do
+  local task_owner = redis.call('HGET', KEYS[3 + i], 'owner')
+  if task_owner and task_owner ~= owner then
+    return {-1, 'task id ' .. ARGV[FIRST + (i - 1) * STRIDE] .. ' is taken'}
+  end
+end
+
+local duplicates = 0
+for i = 1, #KEYS - 3 do
+  local task_key, a = KEYS[3 + i], FIRST + (i - 1) * STRIDE
+  local task_id, function_id, payload, resources, options =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  if redis.call('EXISTS', task_key) == 1 then
+    duplicates = duplicates + 1  -- a resent batch: the first copy stands
+  else
+    local entry = redis.call('XADD', queue, '*', 't', task_id)
+    redis.call('HSET', task_key, 'owner', owner, 'endpoint', endpoint_id,
+      'function', function_id, 'group', group_id, 'payload', payload,
+      'resources', resources, 'options', options, 'attempts', '0', 'entry', entry,
+      't_received', now)
+    set_state(task_key, 'waiting-for-endpoint', now)
+    redis.call('EXPIRE', task_key, ttl)
+    redis.call('RPUSH', members, task_id)
+  end
+end
+redis.call('HSET', group_key, 'owner', owner, 'updated', now)
+redis.call('EXPIRE', group_key, ttl)
+redis.call('EXPIRE', members, ttl)
+return {duplicates, ''}

@@ -1,0 +1,139 @@
+"""Tasks, task groups and results: submission, records, cancellation, result streams."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+from fedcompute.protocol import TaskResult, TaskSpec, packb, unpackb
+
+from . import keys
+from .polling import long_poll
+from .records import text
+from .scripts import Scripts
+
+TASK_FIELDS = ("state", "function", "endpoint", "group", "attempts", "completed", "result", "exc",
+               "stdout", "stderr", "owner")
+TIMESTAMP_STATES = ("received", "waiting-for-endpoint", "waiting-for-nodes", "running",
+                    "success", "failed", "cancelled", "completed")
+
+
+def _packed_or_empty(value: Any) -> bytes:
+    return packb(value) if value else b""
+
+
+def task_record(task_id: str, values: list) -> dict | None:
+    """A task hash (as read with TASK_FIELDS and the timestamps) as the API shows it."""
+    if values[0] is None:
+        return None
+    (state, function, endpoint, group, attempts, completed, result, exc, stdout, stderr,
+     owner) = values[:len(TASK_FIELDS)]
+    stamps = {s: float(v) for s, v in zip(TIMESTAMP_STATES, values[len(TASK_FIELDS):],
+                                           strict=True) if v is not None}
+    record = {"task_id": task_id, "status": state.decode(), "function_id": text(function),
+              "endpoint_id": text(endpoint), "task_group_id": text(group),
+              "attempts": int(attempts or 0), "timestamps": stamps,
+              "completed": completed == b"1", "owner": text(owner)}
+    if record["completed"]:
+        if result:
+            record["result"] = result
+        if exc:
+            record["exception"] = unpackb(exc)
+        if stdout:
+            record["stdout"] = stdout.decode(errors="replace")
+        if stderr:
+            record["stderr"] = stderr.decode(errors="replace")
+    return record
+
+
+class Tasks:
+    def __init__(self, client: redis.Redis, blocking: redis.Redis, scripts: Scripts,
+                 task_ttl: int, result_ttl: int, stopping: threading.Event):
+        self.redis = client
+        self.blocking = blocking
+        self.scripts = scripts
+        self.task_ttl = task_ttl
+        self.result_ttl = result_ttl
+        self.stopping = stopping
+
+    def submit(self, owner: str, endpoint_id: str, group: str, tasks: list[TaskSpec]) -> int:
+        """Write a batch in one script: records, queue entries, group membership. Returns
+        how many were already known (a resent batch); PermissionError if another user owns
+        the group or a task id."""
+        task_keys = [keys.task(t.task_id) for t in tasks]
+        argv: list[Any] = [owner, endpoint_id, group, time.time(), self.task_ttl]
+        for t in tasks:
+            argv += [t.task_id, t.function_id, t.payload,
+                     _packed_or_empty(t.resource_specification), _packed_or_empty(t.options)]
+        dup, error = self.scripts.submit(
+            keys=[keys.queue(endpoint_id), keys.group(group), keys.group_tasks(group),
+                  *task_keys], args=argv)
+        if dup == -1:
+            raise PermissionError(error.decode())
+        return int(dup)
+
+    def get_tasks(self, task_ids: list[str]) -> list[dict | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in task_ids:
+            pipe.hmget(keys.task(tid), *TASK_FIELDS, *(f"t_{s}" for s in TIMESTAMP_STATES))
+        return [task_record(tid, values) for tid, values in
+                zip(task_ids, pipe.execute(), strict=True)]
+
+    def task_owner(self, task_id: str) -> str | None:
+        return text(self.redis.hget(keys.task(task_id), "owner"))
+
+    def cancel(self, task_id: str, envelope: bytes) -> str:
+        """Cancel a task no agent holds yet; returns its state afterwards."""
+        return self.scripts.cancel(keys=[keys.task(task_id)], args=[
+            task_id, time.time(), self.result_ttl, envelope, keys.TEMPLATES["queue"],
+            keys.TEMPLATES["group_results"]]).decode()
+
+    def store_results(self, endpoint_id: str, results: list[TaskResult]) -> tuple[int, int]:
+        """Store an endpoint's finished tasks; returns (stored, duplicates)."""
+        argv: list[Any] = [endpoint_id, time.time(), self.result_ttl,
+                           keys.TEMPLATES["group_results"]]
+        for r in results:
+            exc = r.exception.model_dump() if r.exception is not None else None
+            argv += [r.task_id, r.status, r.result or b"", _packed_or_empty(exc),
+                     r.stdout or "", r.stderr or ""]
+        stored, dup = self.scripts.results(
+            keys=[keys.queue(endpoint_id), *(keys.task(r.task_id) for r in results)],
+            args=argv)
+        return int(stored), int(dup)
+
+    def mark(self, endpoint_id: str, state: str, task_ids: list[str]) -> int:
+        """Leased tasks of this endpoint now wait for nodes, or run."""
+        return int(self.scripts.mark(keys=[keys.task(t) for t in task_ids],
+                                     args=[state, time.time(), endpoint_id]))
+
+    # --- task groups -------------------------------------------------------------------
+
+    def claim_group(self, group: str, owner: str) -> bool:
+        """Make ``owner`` the owner of a task group unless another user owns it already."""
+        key = keys.group(group)
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, "owner", owner)
+        pipe.expire(key, self.task_ttl)
+        pipe.hget(key, "owner")
+        return text(pipe.execute()[-1]) == owner
+
+    def group_owner(self, group: str) -> str | None:
+        return text(self.redis.hget(keys.group(group), "owner"))
+
+    def group_task_ids(self, group: str) -> list[str]:
+        return [t.decode() for t in self.redis.lrange(keys.group_tasks(group), 0, -1)]
+
+    def read_results(self, group: str, cursor: str, wait: float, limit: int
+                     ) -> tuple[str, list[dict]]:
+        """Long-poll a task group's result stream after ``cursor``."""
+        stream = keys.group_results(group)
+        reply = long_poll(lambda block: self.blocking.xread(
+            {stream: cursor}, count=limit, block=block), wait, self.stopping)
+        if not reply:
+            return cursor, []
+        entries = reply[0][1]
+        ids = [fields[b"t"].decode() for _, fields in entries]
+        records = [r for r in self.get_tasks(ids) if r is not None]
+        return entries[-1][0].decode(), records
