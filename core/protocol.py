@@ -229,6 +229,8 @@ class LeasedTask(Message):
     resource_specification: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     attempt: int = 0
+    owner: str = Field("", description="the user who submitted it (multi-user endpoints run "
+                                        "it as that user's mapped account)")
 
 
 class Lease(Message):

@@ -20,6 +20,8 @@ class LeasedTask:
     resource_specification: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     attempt: int = 0
+    #: The user who submitted it.
+    owner: str = ""
     #: Dask worker resources it needs (e.g. {"GPU": 1}), None for any worker.
     resources: dict[str, float] | None = None
     #: Seconds it may run, None for no limit.
@@ -31,7 +33,7 @@ class LeasedTask:
     def from_lease(cls, leased: dict[str, Any]) -> LeasedTask:
         return cls(leased["task_id"], leased["function_id"], leased["payload"],
                    leased.get("resource_specification"), leased.get("options"),
-                   int(leased.get("attempt") or 0))
+                   int(leased.get("attempt") or 0), leased.get("owner") or "")
 
     @property
     def capture_output(self) -> bool:

@@ -102,6 +102,10 @@ class Store:
     mark = _Part("tasks")
     claim_group = _Part("tasks")
     group_owner = _Part("tasks")
+    group_counts = _Part("tasks")
+    groups_of = _Part("tasks")
+    group_page = _Part("tasks")
+    group_size = _Part("tasks")
     group_task_ids = _Part("tasks")
     read_results = _Part("tasks")
 

@@ -2,7 +2,7 @@
 
 Python code calls the functions; Lua scripts get the keys they touch in ``KEYS``, or, for keys
 they only find out while running (a task's group, an endpoint's queue), a template from
-:data:`TEMPLATES` in ``ARGV`` with ``{id}`` standing for the id.
+:data:`TEMPLATES` (``scripts.py`` writes them into each script) with ``{id}`` for the id.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def user_tokens(name: str) -> str:
 def user_functions(name: str) -> str:
     """set of the function ids a user registered."""
     return f"{PREFIX}user:{name}:functions"
+
+
+def user_groups(name: str) -> str:
+    """sorted set of a user's task groups, by last submission time."""
+    return f"{PREFIX}user:{name}:groups"
 
 
 def user_endpoints(name: str) -> str:
@@ -90,6 +95,11 @@ def group_results(group_id: str) -> str:
     return f"{PREFIX}tg:{group_id}:rs"
 
 
+def group_counts(group_id: str) -> str:
+    """hash: state -> how many of the group's tasks are in it."""
+    return f"{PREFIX}tg:{group_id}:counts"
+
+
 def rate(token_hash: str, window: int) -> str:
     """counter of a token's requests in one rate-limit window."""
     return f"{PREFIX}rl:{token_hash}:{window}"
@@ -105,4 +115,5 @@ TEMPLATES = {
     "queue": queue("{id}"),
     "task": task("{id}"),
     "group_results": group_results("{id}"),
+    "group_counts": group_counts("{id}"),
 }

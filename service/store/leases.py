@@ -100,8 +100,8 @@ class Leases:
         return [{"task_id": tid.decode(), "function_id": fid.decode(), "payload": payload,
                  "resource_specification": unpackb(resources) if resources else None,
                  "options": unpackb(options) if options else None,
-                 "attempt": int(attempts or 0)}
-                for tid, fid, payload, resources, options, attempts in tasks]
+                 "attempt": int(attempts or 0), "owner": owner.decode()}
+                for tid, fid, payload, resources, options, attempts, owner in tasks]
 
     def _own_pending_entries(self, queue: str, session: str) -> list:
         """The session's pending entries, oldest first, with their fields."""
@@ -186,8 +186,7 @@ class Leases:
         for i in range(0, len(pairs), PAGE):
             page = pairs[i:i + PAGE]
             argv: list[Any] = [time.time(), self.settings.result_ttl,
-                               self.settings.max_attempts, int(count_attempt), lost,
-                               keys.TEMPLATES["group_results"]]
+                               self.settings.max_attempts, int(count_attempt), lost]
             for entry, tid in page:
                 argv += [entry, tid]
             r, f = self.scripts.requeue(

@@ -22,7 +22,9 @@ NAMES = ("submit", "lease", "touch", "expire_session", "delconsumer", "results",
 @cache
 def source(name: str) -> str:
     """The full text of script ``name``, as Redis runs it."""
+    templates = ", ".join(f"{k} = '{v}'" for k, v in keys.TEMPLATES.items())
     return (f"local CONSUMER_GROUP = '{keys.CONSUMER_GROUP}'\n"
+            f"local KEY_TEMPLATES = {{{templates}}}\n"
             + (_LUA / "common.lua").read_text() + (_LUA / f"{name}.lua").read_text())
 
 

@@ -69,7 +69,7 @@ class Tasks:
                      _packed_or_empty(t.resource_specification), _packed_or_empty(t.options)]
         dup, error = self.scripts.submit(
             keys=[keys.queue(endpoint_id), keys.group(group), keys.group_tasks(group),
-                  *task_keys], args=argv)
+                  keys.user_groups(owner), *task_keys], args=argv)
         if dup == -1:
             raise PermissionError(error.decode())
         return int(dup)
@@ -86,14 +86,13 @@ class Tasks:
 
     def cancel(self, task_id: str, envelope: bytes) -> str:
         """Cancel a task no agent holds yet; returns its state afterwards."""
-        return self.scripts.cancel(keys=[keys.task(task_id)], args=[
-            task_id, time.time(), self.result_ttl, envelope, keys.TEMPLATES["queue"],
-            keys.TEMPLATES["group_results"]]).decode()
+        return self.scripts.cancel(keys=[keys.task(task_id)],
+                                   args=[task_id, time.time(), self.result_ttl,
+                                         envelope]).decode()
 
     def store_results(self, endpoint_id: str, results: list[TaskResult]) -> tuple[int, int]:
         """Store an endpoint's finished tasks; returns (stored, duplicates)."""
-        argv: list[Any] = [endpoint_id, time.time(), self.result_ttl,
-                           keys.TEMPLATES["group_results"]]
+        argv: list[Any] = [endpoint_id, time.time(), self.result_ttl]
         for r in results:
             exc = r.exception.model_dump() if r.exception is not None else None
             argv += [r.task_id, r.status, r.result or b"", _packed_or_empty(exc),
@@ -121,6 +120,27 @@ class Tasks:
 
     def group_owner(self, group: str) -> str | None:
         return text(self.redis.hget(keys.group(group), "owner"))
+
+    def group_counts(self, group: str) -> dict[str, int]:
+        """How many of the group's tasks are in each state (kept by the scripts as states
+        change: cheap for any group size)."""
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(keys.group_counts(group)).items()
+                if int(v) > 0}
+
+    def groups_of(self, user: str, offset: int = 0, limit: int = 50) -> list[tuple[str, float]]:
+        """A user's task groups, most recently submitted to first: (group id, when)."""
+        return [(g.decode(), float(t)) for g, t in self.redis.zrevrange(
+            keys.user_groups(user), offset, offset + limit - 1, withscores=True)]
+
+    def group_page(self, group: str, offset: int, limit: int) -> list[dict]:
+        """Records of the group's tasks ``offset`` to ``offset + limit`` (submission order):
+        pages of a group of any size."""
+        ids = [t.decode() for t in self.redis.lrange(keys.group_tasks(group), offset,
+                                                     offset + limit - 1)]
+        return [r for r in self.get_tasks(ids) if r is not None]
+
+    def group_size(self, group: str) -> int:
+        return int(self.redis.llen(keys.group_tasks(group)))
 
     def group_task_ids(self, group: str) -> list[str]:
         return [t.decode() for t in self.redis.lrange(keys.group_tasks(group), 0, -1)]

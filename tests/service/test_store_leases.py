@@ -213,3 +213,32 @@ def test_heartbeats_of_a_replaced_session_are_refused(store, endpoint):
     assert not store.heartbeat(endpoint, "session-a", {})
     with pytest.raises(StaleSession):
         store.touch(endpoint, "session-a")
+
+
+def test_a_groups_counts_by_state_follow_every_change(store, endpoint):
+    ids, group = _submit(store, endpoint, 4)
+    assert store.group_counts(group) == {"waiting-for-endpoint": 4}
+    store.connect_agent(endpoint, "session-a", {})
+    store.lease(endpoint, "session-a", 3, 0)
+    store.mark(endpoint, "waiting-for-nodes", ids[:1])
+    assert store.group_counts(group) == {"waiting-for-endpoint": 1, "running": 2,
+                                         "waiting-for-nodes": 1}
+    store.store_results(endpoint, [_ok(ids[1])])
+    store.cancel(ids[3], b"")
+    store.connect_agent(endpoint, "session-b", {})  # reclaims the other two
+    assert store.group_counts(group) == {"waiting-for-endpoint": 2, "success": 1,
+                                         "cancelled": 1}
+
+
+def test_a_users_groups_and_a_groups_pages(store, endpoint):
+    first = tasks(5)
+    store.submit("alice", endpoint, "00000000-0000-4000-8000-00000000000a", first)
+    store.submit("alice", endpoint, "00000000-0000-4000-8000-00000000000b", tasks(1))
+    assert [g for g, _ in store.groups_of("alice")] == [
+        "00000000-0000-4000-8000-00000000000b", "00000000-0000-4000-8000-00000000000a"]
+    assert store.groups_of("bob") == []
+    page = store.group_page("00000000-0000-4000-8000-00000000000a", 2, 2)
+    assert [r["task_id"] for r in page] == [t.task_id for t in first[2:4]]
+    assert store.group_size("00000000-0000-4000-8000-00000000000a") == 5
+    store.connect_agent(endpoint, "session-a", {})
+    assert {t["owner"] for t in store.lease(endpoint, "session-a", 10, 0)} == {"alice"}

@@ -1,6 +1,6 @@
--- Prepended to every script (after `local CONSUMER_GROUP = ...` from keys.py).
--- Scripts get the keys they touch in KEYS, and templates from keys.TEMPLATES (with '{id}')
--- for keys they only learn while running.
+-- Prepended to every script, after CONSUMER_GROUP and KEY_TEMPLATES (from keys.py).
+-- Scripts get the keys they touch in KEYS; keys they only learn while running (a task's group,
+-- an endpoint's queue) come from KEY_TEMPLATES, with '{id}' standing for the id.
 
 local function is_final(state)
   return state == 'success' or state == 'failed' or state == 'cancelled'
@@ -18,9 +18,16 @@ local function drop_entry(queue, entry)
   end
 end
 
--- Every state change goes through here, so that each state has its timestamp.
+-- Every state change goes through here, so that each state has its timestamp and the task
+-- group's counts by state stay right.
 local function set_state(task_key, state, now)
+  local f = redis.call('HMGET', task_key, 'state', 'group')
   redis.call('HSET', task_key, 'state', state, 't_' .. state, now)
+  if f[2] then
+    local counts = key_for(KEY_TEMPLATES.group_counts, f[2])
+    if f[1] then redis.call('HINCRBY', counts, f[1], -1) end
+    redis.call('HINCRBY', counts, state, 1)
+  end
 end
 
 -- Put a task back on its endpoint's queue (a new entry): it waits for an agent again.
@@ -33,12 +40,12 @@ end
 
 -- A task reached a final state: drop its inputs, keep the record for `ttl` seconds and tell
 -- the submitter through the group's result stream.
-local function finish(task_key, task_id, results_template, ttl, now)
+local function finish(task_key, task_id, ttl, now)
   local group = redis.call('HGET', task_key, 'group')
   redis.call('HSET', task_key, 'completed', '1', 't_completed', now)
   redis.call('HDEL', task_key, 'payload', 'session')
   redis.call('EXPIRE', task_key, ttl)
-  local results = key_for(results_template, group)
+  local results = key_for(KEY_TEMPLATES.group_results, group)
   redis.call('XADD', results, '*', 't', task_id)
   redis.call('EXPIRE', results, ttl)
 end

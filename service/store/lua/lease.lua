@@ -5,7 +5,7 @@
 -- session went silent and its leases were reclaimed). A stale session gets nothing: what was
 -- just delivered to it (a long-poll outliving its agent, or blocked while the agent was silent)
 -- goes back on the queue with no attempt counted, or it would be leased to nobody. Each task is
--- {task id, function id, payload, resources, options, attempts}.
+-- {task id, function id, payload, resources, options, attempts, owner}.
 local queue, endpoint_key = KEYS[1], KEYS[2]
 local session, now = ARGV[1], ARGV[2]
 local FIRST, STRIDE = 3, 2
@@ -28,8 +28,8 @@ for i = 1, #KEYS - 2 do
     end
     redis.call('HSET', task_key, 'session', session)
     local f = redis.call('HMGET', task_key, 'function', 'payload', 'resources', 'options',
-      'attempts')
-    table.insert(out, {task_id, f[1], f[2], f[3], f[4], f[5]})
+      'attempts', 'owner')
+    table.insert(out, {task_id, f[1], f[2], f[3], f[4], f[5], f[6]})
   end
 end
 local code = 0

@@ -2,14 +2,14 @@
 -- agent, or handed back by a stopping one) and queue their tasks again.
 -- KEYS[1] the endpoint's queue   KEYS[1+i] the i-th task's hash
 -- ARGV[1] now, ARGV[2] result ttl, ARGV[3] max attempts, ARGV[4] count an attempt (0|1),
--- ARGV[5] the EndpointLost exception envelope, ARGV[6] group results template,
+-- ARGV[5] the EndpointLost exception envelope,
 -- then 2 per entry: entry id, task id.
 -- A task that has lost its endpoint `max attempts` times fails with EndpointLost.
 -- Returns {requeued, failed}.
 local queue = KEYS[1]
-local now, ttl, max_attempts, count_attempt, lost, results_template =
-  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5], ARGV[6]
-local FIRST, STRIDE = 7, 2
+local now, ttl, max_attempts, count_attempt, lost =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5]
+local FIRST, STRIDE = 6, 2
 
 local requeued, failed = 0, 0
 for i = 1, #KEYS - 1 do
@@ -23,7 +23,7 @@ for i = 1, #KEYS - 1 do
     if attempts >= max_attempts then
       redis.call('HSET', task_key, 'exc', lost)
       set_state(task_key, 'failed', now)
-      finish(task_key, task_id, results_template, ttl, now)
+      finish(task_key, task_id, ttl, now)
       failed = failed + 1
     else
       requeue(task_key, task_id, queue, now)

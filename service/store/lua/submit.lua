@@ -1,26 +1,28 @@
 -- SUBMIT: write a batch of tasks for one endpoint, all or nothing.
 -- KEYS[1]    the endpoint's queue          KEYS[2]  the task group's hash
--- KEYS[3]    the task group's task list    KEYS[3+i] the i-th task's hash
+-- KEYS[3]    the task group's task list    KEYS[4]   the owner's task groups (sorted set)
+-- KEYS[4+i]  the i-th task's hash
 -- ARGV[1] owner, ARGV[2] endpoint id, ARGV[3] group id, ARGV[4] now, ARGV[5] task ttl,
 -- then 5 per task: task id, function id, payload, resources (msgpack or ''), options (same).
 -- Returns {duplicates, ''}; {-1, why} when the group or a task id belongs to another user.
-local queue, group_key, members = KEYS[1], KEYS[2], KEYS[3]
+local queue, group_key, members, owner_groups = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local TASKS = 4  -- KEYS before the first task's
 local owner, endpoint_id, group_id, now, ttl =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local FIRST, STRIDE = 6, 5
 
 local group_owner = redis.call('HGET', group_key, 'owner')
 if group_owner and group_owner ~= owner then return {-1, 'task group belongs to another user'} end
-for i = 1, #KEYS - 3 do
-  local task_owner = redis.call('HGET', KEYS[3 + i], 'owner')
+for i = 1, #KEYS - TASKS do
+  local task_owner = redis.call('HGET', KEYS[TASKS + i], 'owner')
   if task_owner and task_owner ~= owner then
     return {-1, 'task id ' .. ARGV[FIRST + (i - 1) * STRIDE] .. ' is taken'}
   end
 end
 
 local duplicates = 0
-for i = 1, #KEYS - 3 do
-  local task_key, a = KEYS[3 + i], FIRST + (i - 1) * STRIDE
+for i = 1, #KEYS - TASKS do
+  local task_key, a = KEYS[TASKS + i], FIRST + (i - 1) * STRIDE
   local task_id, function_id, payload, resources, options =
     ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   if redis.call('EXISTS', task_key) == 1 then
@@ -37,6 +39,9 @@ for i = 1, #KEYS - 3 do
   end
 end
 redis.call('HSET', group_key, 'owner', owner, 'updated', now)
+redis.call('ZADD', owner_groups, now, group_id)
+redis.call('ZREMRANGEBYSCORE', owner_groups, '-inf', now - ttl)  -- groups expired by now
 redis.call('EXPIRE', group_key, ttl)
 redis.call('EXPIRE', members, ttl)
+redis.call('EXPIRE', key_for(KEY_TEMPLATES.group_counts, group_id), ttl)
 return {duplicates, ''}
