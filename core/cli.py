@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from .config import credentials_path, load_credentials, save_credentials
+from . import errors, oauth
+from .config import delete_credentials, load_credentials, load_saved, save_credentials
 
 
 class PartsGroup(click.Group):
@@ -41,34 +42,104 @@ def main() -> None:
 
 @main.command()
 @click.argument("service_url")
-@click.option("--token", envvar="FEDCOMPUTE_TOKEN", prompt=True, hide_input=True,
-              help="your token (from `fedcompute user create`)")
-def login(service_url: str, token: str) -> None:
-    """Save the service URL and your token for the SDK and the endpoint commands."""
+@click.option("--token", envvar="FEDCOMPUTE_TOKEN", default=None,
+              help="your token (from `fedcompute user create`); asked for if not given")
+@click.option("--oidc", is_flag=True,
+              help="sign in with the service's identity provider (device authorization flow)")
+@click.option("--issuer", default=None, help="with --oidc: which issuer, if it names several")
+@click.option("--verify", default=None, help="a CA bundle for a private CA (or 'false')")
+def login(service_url: str, token: str | None, oidc: bool, issuer: str | None,
+          verify: str | None) -> None:
+    """Save the service URL and your token (or OpenID Connect login) for the SDK and the
+    endpoint commands."""
     from .client import Client
 
-    with Client(service_url, token) as client:
+    service_url = service_url.rstrip("/")
+    tls: bool | str = True if verify is None else (
+        False if verify.lower() in ("false", "0", "no") else verify)
+    if oidc:
+        session = _device_login(service_url, issuer, tls)
+        with Client(service_url, auth=oauth.RefreshingAuth(session, verify=tls),
+                    verify=tls) as client:
+            who = client.whoami()
+        path = save_credentials(service_url, oauth=session)
+        click.echo(f"logged in to {service_url} as {who['name']} through {session.issuer} "
+                   f"(saved in {path})")
+        return
+    if not token:
+        token = click.prompt("Token", hide_input=True)
+    with Client(service_url, token, verify=tls) as client:
         who = client.whoami()
     path = save_credentials(service_url, token)
     click.echo(f"logged in to {service_url} as {who['name']} (saved in {path})")
 
 
+def _device_login(service_url: str, issuer: str | None, verify: bool | str) -> oauth.OAuthSession:
+    """The device authorization flow against the issuer the service names."""
+    import httpx
+
+    try:
+        config = httpx.get(f"{service_url}/v1/auth/config", verify=verify, timeout=30,
+                           headers={"Accept": "application/json"}).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot ask {service_url} how to sign in: {exc}") from exc
+    issuers = config.get("issuers") or []
+    if issuer:
+        issuers = [i for i in issuers if i["issuer"].rstrip("/") == issuer.rstrip("/")]
+    if not issuers:
+        raise click.ClickException(
+            f"{service_url} accepts no OpenID Connect issuer" + (f" {issuer!r}" if issuer else "")
+            + "; sign in with a token (fedcompute login URL --token ...)")
+    if len(issuers) > 1:
+        names = ", ".join(i["issuer"] for i in issuers)
+        raise click.ClickException(f"{service_url} accepts several issuers: pass --issuer "
+                                   f"(one of {names})")
+    chosen = issuers[0]
+    if not chosen.get("client_id"):
+        raise click.ClickException(f"the service names no client id for {chosen['issuer']}")
+    try:
+        metadata = oauth.discover(chosen["discovery_url"], verify)
+        grant = oauth.start_device_flow(metadata, chosen["client_id"], chosen["scopes"], verify)
+        where = grant.verification_uri_complete or grant.verification_uri
+        click.echo(f"To sign in, open {where}\nand enter the code: {grant.user_code}")
+        click.echo("Waiting for you to approve ...", err=True)
+        sys.stdout.flush()
+        return oauth.finish_device_flow(metadata, chosen["client_id"], grant, verify)
+    except errors.ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+
+
 @main.command()
 def logout() -> None:
-    """Forget the saved token."""
-    path = credentials_path()
-    path.unlink(missing_ok=True)
+    """Revoke an OpenID Connect login at the identity provider and forget the saved
+    credentials."""
+    saved = load_saved()
+    if isinstance(saved.get("oauth"), dict):
+        session = oauth.OAuthSession.from_dict(saved["oauth"])
+        try:
+            revoked = oauth.revoke(session)
+        except errors.ServiceError as exc:
+            click.echo(f"could not revoke the tokens at {session.issuer}: {exc.message}",
+                       err=True)
+        else:
+            click.echo(f"revoked the tokens at {session.issuer}" if revoked else
+                       f"{session.issuer} offers no revocation; the tokens expire by "
+                       "themselves", err=True)
+    path = delete_credentials()
     click.echo(f"removed {path}")
 
 
 @main.command()
 def whoami() -> None:
-    """Show who the saved credentials belong to."""
+    """Show who the saved credentials belong to, what they may do and how they sign in."""
     from .client import Client
 
     creds = load_credentials()
     with Client(creds.service_url, creds.token) as client:
-        click.echo(json.dumps(client.whoami(), indent=2))
+        who = client.whoami()
+        if isinstance(client.auth, oauth.RefreshingAuth):
+            who["login"] = oauth.describe(client.auth.session)
+    click.echo(json.dumps(who, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 
 from . import errors, serialize
-from .config import load_credentials
+from .config import FileTokenStore, load_credentials, service_url_of
+from .oauth import RefreshingAuth
 from .protocol import API_VERSION, JSON, MSGPACK, TaskState, packb, unpackb
 from .shell import run_hardware_report
 
@@ -148,6 +149,10 @@ class Client:
     ``service_url`` and ``token`` default to ``FEDCOMPUTE_SERVICE_URL`` / ``FEDCOMPUTE_TOKEN``,
     then to the file ``fedcompute login`` writes. Certificates are verified unless
     ``verify=False`` (or a CA bundle path) is given.
+
+    After ``fedcompute login --oidc`` the client refreshes its access token by itself (before
+    it expires, and once on a 401), so long runs outlive their tokens. ``auth=`` takes any
+    ``httpx.Auth`` instead, e.g. ``fedcompute.oauth.RefreshingAuth.from_refresh_token(...)``.
     """
 
     def __init__(self, service_url: str | None = None, token: str | None = None, *,
@@ -155,7 +160,7 @@ class Client:
                  do_version_check: bool = False, environment: str | None = None,
                  local_compute_services: bool = False, app: Any = None, authorizer: Any = None,
                  code_serialization_strategy: Any = None,
-                 data_serialization_strategy: Any = None):
+                 data_serialization_strategy: Any = None, auth: httpx.Auth | None = None):
         # Globus Compute's service selection, Globus Auth and serializer choices: fedcompute
         # has its own service URL and token, and one serializer.
         for option, value in (("environment", environment), ("app", app),
@@ -167,13 +172,24 @@ class Client:
                 warn_ignored(f"Client({option}=...)", "fedcompute uses its service URL and "
                              "token (FEDCOMPUTE_SERVICE_URL / FEDCOMPUTE_TOKEN or `fedcompute "
                              "login`) and always serializes with cloudpickle")
-        creds = load_credentials(service_url, token)
-        self.service_url = creds.service_url
-        self._token = creds.token
+        if auth is not None and token is None:
+            self.service_url = service_url_of(service_url)
+            self._token = ""
+        else:
+            creds = load_credentials(service_url, token)
+            self.service_url = creds.service_url
+            self._token = creds.token
+            if creds.oauth is not None:
+                auth = RefreshingAuth(creds.oauth, FileTokenStore(creds.service_url), verify)
+        #: The ``httpx.Auth`` that refreshes the access token (None: a static token).
+        self.auth = auth
+        headers = {"Accept": MSGPACK}
+        if auth is None:
+            headers["Authorization"] = f"Bearer {self._token}"
         self.retries = retries
         self._http = httpx.Client(
             base_url=f"{self.service_url}/{API_VERSION}",
-            headers={"Authorization": f"Bearer {self._token}", "Accept": MSGPACK},
+            headers=headers, auth=auth,
             timeout=httpx.Timeout(timeout, connect=10.0),
             verify=verify,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
@@ -186,8 +202,10 @@ class Client:
 
     @property
     def token(self) -> str:
-        """The bearer token this client sends (the Dask adapter reuses it)."""
-        return self._token
+        """The bearer token this client sends now (refreshed first when it is about to
+        expire); the Dask adapter asks again for each connection it opens."""
+        token_of = getattr(self.auth, "token", None)
+        return token_of() if callable(token_of) else self._token
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -284,18 +302,19 @@ class Client:
                           metadata: dict | None = None, public: bool = False,
                           group: UUIDLike | None = None, ha_endpoint_id: UUIDLike | None = None,
                           *, function_name: str | None = None,
-                          shared_with: list[str] | None = None) -> str:
+                          shared_with: list[str] | None = None,
+                          shared_with_groups: list[str] | None = None) -> str:
         """Register a function (once per content; the same body gives the same id).
 
         As in Globus Compute, ``description`` defaults to the function's docstring.
-        ``metadata`` is not needed (payloads carry their Python version). ``group`` and
-        ``ha_endpoint_id`` are accepted and ignored with a warning: share with users through
-        ``shared_with=[...]``, restrict an endpoint with its ``allowed_functions``.
+        ``metadata`` is not needed (payloads carry their Python version). ``group`` shares
+        the function with that group of the identity provider (``shared_with_groups=[group]``;
+        a Globus group's UUID, a Keycloak group path, ...). ``ha_endpoint_id`` is accepted and
+        ignored with a warning: restrict an endpoint with its ``allowed_functions``.
         """
-        if group is not None:
-            as_uuid(group, "group")
-            warn_ignored("register_function(group=...)", "fedcompute has no Globus groups; "
-                         "the function is not shared with a group (use shared_with=[users])")
+        groups = list(shared_with_groups or [])
+        if group is not None and str(group) not in groups:
+            groups.append(str(group))
         if ha_endpoint_id is not None:
             warn_ignored("register_function(ha_endpoint_id=...)", "fedcompute has no "
                          "high-assurance endpoints (use the endpoint's allowed_functions)")
@@ -307,11 +326,11 @@ class Client:
         body = serialize.serialize_function(function)
         key = (serialize.function_digest(body), name, description[:2000])
         cached = self._function_ids.get(key)
-        if cached and not (public or shared_with):
+        if cached and not (public or shared_with or groups):
             return cached
         reply = self.request("POST", "/functions", body={
             "function_name": name, "function_body": body, "description": description[:2000],
-            "public": public, "shared_with": shared_with or [],
+            "public": public, "shared_with": shared_with or [], "shared_with_groups": groups,
         }, idempotent=True)
         self._function_ids[key] = reply["function_id"]
         return reply["function_id"]
@@ -332,22 +351,28 @@ class Client:
         self.request("DELETE", f"/functions/{function_id}")
 
     def share_function(self, function_id: str, *, public: bool | None = None,
-                       shared_with: list[str] | None = None) -> dict:
+                       shared_with: list[str] | None = None,
+                       shared_with_groups: list[str] | None = None) -> dict:
+        """Change who may use your function (``None`` leaves a field as it is)."""
         return self.request("PATCH", f"/functions/{function_id}",
-                            body={"public": public, "shared_with": shared_with}, idempotent=True)
+                            body={"public": public, "shared_with": shared_with,
+                                  "shared_with_groups": shared_with_groups}, idempotent=True)
 
     # --- endpoints ---------------------------------------------------------------------
 
     def register_endpoint(self, name: str, endpoint_id: str | None = None, *,
                           public: bool = False, shared_with: list[str] | None = None,
                           allowed_functions: list[str] | None = None,
-                          metadata: dict | None = None) -> dict:
-        """Register (or re-register) an endpoint; returns its id and a new credential."""
-        return self.request("POST", "/endpoints", body={
-            "name": name, "endpoint_id": endpoint_id, "public": public,
-            "shared_with": shared_with or [], "allowed_functions": allowed_functions,
-            "metadata": metadata or {},
-        }, idempotent=True)
+                          metadata: dict | None = None,
+                          shared_with_groups: list[str] | None = None) -> dict:
+        """Register (or re-register) an endpoint; returns its id and a new credential (the
+        old one is refused at once). ``shared_with_groups=None`` keeps its groups."""
+        body = {"name": name, "endpoint_id": endpoint_id, "public": public,
+                "shared_with": shared_with or [], "allowed_functions": allowed_functions,
+                "metadata": metadata or {}}
+        if shared_with_groups is not None:
+            body["shared_with_groups"] = shared_with_groups
+        return self.request("POST", "/endpoints", body=body, idempotent=True)
 
     def get_endpoints(self, role: str | None = None) -> list[dict]:
         """Endpoints you may use; ``role="owner"``: only your own, ``"any"``: all (default)."""
@@ -490,6 +515,16 @@ class Client:
     def cancel_task(self, task_id: str) -> str:
         """Cancel a task that has not started; returns its status afterwards."""
         return self.request("POST", f"/tasks/{task_id}/cancel", idempotent=True)["status"]
+
+    def cancel_tasks(self, task_ids: list[str]) -> dict[str, str]:
+        """Cancel many tasks (one request per 10,000); task id -> its status afterwards."""
+        out: dict[str, str] = {}
+        for i in range(0, len(task_ids), 10_000):
+            reply = self.request("POST", "/tasks/cancel",
+                                 body={"task_ids": [str(t) for t in task_ids[i:i + 10_000]]},
+                                 idempotent=True)
+            out.update(reply["tasks"])
+        return out
 
     def get_task_group(self, task_group_id: str) -> list[str]:
         return self.request("GET", f"/task_groups/{task_group_id}")["task_ids"]

@@ -10,18 +10,27 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import copy
+import itertools
 import logging
+import os
 import threading
 import time
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from . import errors, serialize
 from .client import Client, UUIDLike, as_uuid, checked_options, decode_outcome, warn_ignored
+from .config import home
+from .future import ComputeFuture
+from .protocol import packb, unpackb
+from .results import ResultPoller
 from .shell import run_hardware_report
+from .submission import MAX_REQUEST_BYTES, Submitter
+
+__all__ = ["MAX_REQUEST_BYTES", "ComputeFuture", "Executor", "resubmit_unsent"]
 
 log = logging.getLogger(__name__)
 
@@ -29,47 +38,50 @@ log = logging.getLogger(__name__)
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 
+def exit_flush_timeout() -> float:
+    """How long a script's exit waits for unsent tasks (``FEDCOMPUTE_EXIT_FLUSH_TIMEOUT``,
+    seconds, default 30)."""
+    return float(os.environ.get("FEDCOMPUTE_EXIT_FLUSH_TIMEOUT") or 30)
+
+
 @atexit.register
 def _flush_at_exit() -> None:
     """Fire and forget: a script that submits and exits must not lose the tasks still queued
     in memory, which only the (daemon) submission thread sends. Runs while daemon threads
-    still run; results are not waited for."""
+    still run; results are not waited for. The wait is bounded: with the service gone, what
+    was not sent is saved to a file, and the log says how to send it later."""
     for executor in list(_live):
-        executor.flush()
+        unsent = executor.flush(exit_flush_timeout())
+        if unsent:
+            path = executor.save_unsent(unsent)
+            log.error("%d tasks could not be sent to %s before exit; they are saved in %s: "
+                      "send them with `fedcompute task resubmit %s` (their ids are kept, so "
+                      "none runs twice)", len(unsent), executor.client.service_url, path, path)
 
 
-#: Upper bound of one submission request's payload bytes (the service's default limit is 64 MiB).
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
+def resubmit_unsent(path: str | Path, client: Client | None = None) -> int:
+    """Send the tasks a script saved when it could not (see ``Executor.save_unsent``); safe
+    to repeat. Returns how many tasks the service now has."""
+    saved = unpackb(Path(path).read_bytes())
+    client = client or Client()
+    count = 0
+    for batch in saved["batches"]:
+        for i in range(0, len(batch["tasks"]), 2000):
+            tasks = batch["tasks"][i:i + 2000]
+            client.submit_tasks(batch["endpoint_id"], tasks, saved["task_group_id"])
+            count += len(tasks)
+    return count
 
 
-class ComputeFuture(concurrent.futures.Future):
-    """A future for a remote task. ``task_id`` is known as soon as ``submit`` returns."""
+class _Chunk:
+    """``map(..., chunksize=n)``: one task runs ``fn`` over n argument tuples."""
 
-    def __init__(self, task_id: str, executor: Executor | None = None):
-        super().__init__()
-        self.task_id = task_id
-        self.stdout: str | None = None
-        self.stderr: str | None = None
-        self._executor = executor
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__name__ = f"chunk[{getattr(fn, '__name__', 'function')}]"
 
-    def cancel(self) -> bool:
-        """Cancel locally if unsent, else ask the service (only tasks not yet started)."""
-        if self.done():
-            return self.cancelled()
-        executor = self._executor
-        if executor is not None and not executor._cancel_remote(self):
-            return False
-        self.cancel_local()
-        return True
-
-    def cancel_local(self) -> None:
-        """Mark cancelled and wake ``wait``/``as_completed`` waiters (no remote call)."""
-        with self._condition:  # the result poller may cancel it at the same moment
-            if super().cancel() and self._state == "CANCELLED":
-                self.set_running_or_notify_cancel()
-
-    def __repr__(self) -> str:
-        return f"<ComputeFuture task_id={self.task_id} state={self._state}>"
+    def __call__(self, *arg_tuples: tuple) -> list:
+        return [self.fn(*args) for args in arg_tuples]
 
 
 class Executor(concurrent.futures.Executor):
@@ -98,7 +110,11 @@ class Executor(concurrent.futures.Executor):
                  capture_output: bool = False, poll_wait: float = 20.0):
         self.endpoint_id = endpoint_id
         self.client = client or Client()
-        self._cursor = "0"
+        self._lock = threading.Condition()
+        self._futures: dict[str, ComputeFuture] = {}
+        self._results = ResultPoller(self.client, lambda: self.task_group_id, poll_wait,
+                                     lambda: bool(self._futures), self._resolve,
+                                     self._refused, self._lock)
         self.task_group_id = task_group_id or uuid.uuid4()
         self.batch_size = max(1, batch_size)
         self.resource_specification = resource_specification
@@ -118,19 +134,13 @@ class Executor(concurrent.futures.Executor):
             else min(8, max(1, 4 if api_burst_limit is None else api_burst_limit))
         self.api_burst_window_s = None if self.api_burst_limit is None \
             else min(32, max(1, 16 if api_burst_window_s is None else api_burst_window_s))
-        self._sent_at: deque[float] = deque()
-        #: Tasks the service has acknowledged (Globus Compute's name).
-        self.task_count_submitted = 0
         self.capture_output = capture_output
-        self.poll_wait = poll_wait
-        self._lock = threading.Condition()
-        self._queue: deque[tuple[ComputeFuture, dict, str]] = deque()
-        self._futures: dict[str, ComputeFuture] = {}
+        self._submitter = Submitter(
+            self.client, lambda: self.task_group_id, self.batch_size, self._fail,
+            None if self.api_burst_limit is None
+            else (self.api_burst_limit, self.api_burst_window_s))
         self._function_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._shutdown = False
-        self._sending = 0
-        self._submitter: threading.Thread | None = None
-        self._poller: threading.Thread | None = None
 
     # --- Globus Compute's attributes ----------------------------------------------------
 
@@ -154,7 +164,7 @@ class Executor(concurrent.futures.Executor):
         group = as_uuid(value, "task_group_id")
         if group != getattr(self, "_task_group_id", None):
             self._task_group_id = group
-            self._cursor = "0"  # another group's result stream: read it from its start
+            self._results.cursor = "0"  # another group's result stream: read it from its start
 
     @property
     def resource_specification(self) -> dict | None:
@@ -274,109 +284,66 @@ class Executor(concurrent.futures.Executor):
         future = ComputeFuture(task["task_id"], self)
         with self._lock:
             self._futures[future.task_id] = future
-            self._queue.append((future, task, endpoint))
-            self._ensure_threads()
+            _live.add(self)
+            self._results.start()
             self._lock.notify_all()
+        self._submitter.put(future, task, endpoint)
         return future
 
+    @property
+    def task_count_submitted(self) -> int:
+        """Tasks the service has acknowledged (Globus Compute's name)."""
+        return self._submitter.submitted
+
+    @property
+    def poll_wait(self) -> float:
+        return self._results.poll_wait
+
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterable:
-        """Like ``concurrent.futures.Executor.map``; tasks go out in batches."""
-        return super().map(fn, *iterables, timeout=timeout)
+            chunksize: int = 1) -> Iterator:
+        """Like ``concurrent.futures.Executor.map``; tasks go out in batches. With
+        ``chunksize`` > 1, each task calls ``fn`` for that many items (as
+        ``ProcessPoolExecutor.map`` does): fewer, longer tasks."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        arguments = zip(*iterables, strict=False)
+        chunks = iter(lambda: tuple(itertools.islice(arguments, chunksize)), ())
+        return self._map_chunks(fn, chunks, timeout)
 
-    def flush(self) -> None:
-        """Block until every submitted task has reached the service (or failed to)."""
-        rounds = 0
-        with self._lock:
-            while self._queue or self._sending:
-                if rounds == 3:  # say why exiting takes long (e.g. the service is down)
-                    log.warning("still sending tasks to the service (%d queued; Ctrl-C "
-                                "abandons them)", len(self._queue))
-                rounds += 1
-                self._lock.wait(1.0)
+    def _map_chunks(self, fn: Callable, chunks: Iterator[tuple], timeout: float | None
+                    ) -> Iterator:
+        chunk_fn = _Chunk(fn)
+        futures = [self.submit(chunk_fn, *chunk) for chunk in chunks]
+        deadline = None if timeout is None else time.monotonic() + timeout
 
-    def _ensure_threads(self) -> None:
-        _live.add(self)
-        if self._submitter is None:
-            self._submitter = threading.Thread(target=self._submit_loop, daemon=True,
-                                               name="fedcompute-submit")
-            self._submitter.start()
-        if self._poller is None:
-            self._poller = threading.Thread(target=self._poll_loop, daemon=True,
-                                            name="fedcompute-results")
-            self._poller.start()
+        def results() -> Iterator:
+            for future in futures:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield from future.result(left)
 
-    def _next_batch(self) -> tuple[str, list[tuple[ComputeFuture, dict]]] | None:
-        with self._lock:
-            while not self._queue:
-                if self._shutdown:
-                    return None
-                self._lock.wait()
-            endpoint = self._queue[0][2]
-            batch: list[tuple[ComputeFuture, dict]] = []
-            size = 0
-            while self._queue and len(batch) < self.batch_size and size < MAX_REQUEST_BYTES:
-                future, task, ep = self._queue[0]
-                if ep != endpoint:
-                    break
-                self._queue.popleft()
-                if future.cancelled():
-                    continue
-                batch.append((future, task))
-                size += len(task["payload"]) + 200
-            self._sending += 1
-            return endpoint, batch
+        return results()
 
-    def _submit_loop(self) -> None:
-        while (item := self._next_batch()) is not None:
-            endpoint, batch = item
-            try:
-                if batch:
-                    self._send(endpoint, batch)
-            finally:
-                with self._lock:
-                    self._sending -= 1
-                    self._lock.notify_all()
+    def flush(self, timeout: float | None = None) -> list[tuple[ComputeFuture, dict, str]]:
+        """Block until every submitted task has reached the service (or was refused), at
+        most ``timeout`` seconds; returns what was not sent by then."""
+        return self._submitter.flush(timeout)
 
-    def _pace(self) -> None:
-        """With ``api_burst_limit`` set: wait until fewer than that many submission requests
-        went out in the last ``api_burst_window_s`` seconds."""
-        if self.api_burst_limit is None or self.api_burst_window_s is None:
-            return
-        sent, window = self._sent_at, float(self.api_burst_window_s)
-        while sent and time.monotonic() - sent[0] >= window:
-            sent.popleft()
-        if len(sent) >= self.api_burst_limit:
-            time.sleep(max(0.0, window - (time.monotonic() - sent[0])))
-            sent.popleft()
-        sent.append(time.monotonic())
-
-    def _send(self, endpoint: str, batch: list[tuple[ComputeFuture, dict]]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                self._pace()
-                self.client.submit_tasks(endpoint, [t for _, t in batch], self.task_group_id)
-                with self._lock:
-                    self.task_count_submitted += len(batch)
-                return
-            except errors.PayloadTooLarge as exc:
-                if len(batch) > 1:  # find the culprit(s): halve and resend
-                    half = len(batch) // 2
-                    self._send(endpoint, batch[:half])
-                    self._send(endpoint, batch[half:])
-                    return
-                self._fail(batch, exc)
-                return
-            except errors.ServiceError as exc:
-                if exc.status == 0 or exc.status >= 500:
-                    # Unreachable or restarting service: task ids make the resend idempotent.
-                    log.warning("submission failed (%s); retrying in %.1fs", exc, delay)
-                    threading.Event().wait(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                self._fail(batch, exc)
-                return
+    def save_unsent(self, unsent: list[tuple[ComputeFuture, dict, str]],
+                    directory: Path | None = None) -> Path:
+        """Write tasks that could not be sent to a file for :func:`resubmit_unsent`
+        (``fedcompute task resubmit FILE``); returns its path."""
+        by_endpoint: dict[str, list[dict]] = {}
+        for _, task, endpoint in unsent:
+            by_endpoint.setdefault(endpoint, []).append(task)
+        folder = directory or home() / "unsent"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.task_group_id}-{time.strftime('%Y%m%d-%H%M%S')}.msgpack"
+        path.write_bytes(packb({"task_group_id": str(self.task_group_id), "batches": [
+            {"endpoint_id": e, "tasks": t} for e, t in by_endpoint.items()]}))
+        path.chmod(0o600)
+        return path
 
     def _fail(self, batch: list[tuple[ComputeFuture, dict]], exc: BaseException) -> None:
         with self._lock:
@@ -388,29 +355,10 @@ class Executor(concurrent.futures.Executor):
 
     # --- results -----------------------------------------------------------------------
 
-    def _poll_loop(self) -> None:
-        delay = 0.5
-        while True:
-            with self._lock:
-                while not self._futures:
-                    if self._shutdown:
-                        return
-                    self._lock.wait()
-            try:
-                page = self.client.results_page(self.task_group_id, self._cursor,
-                                                wait=self.poll_wait)
-                delay = 0.5
-            except errors.ServiceError as exc:
-                if exc.status in (401, 403, 404):
-                    self._fail([(f, {}) for f in list(self._futures.values())], exc)
-                    continue
-                log.warning("result stream failed (%s); retrying in %.1fs", exc, delay)
-                threading.Event().wait(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            self._cursor = page["cursor"]
-            for record in page["results"]:
-                self._resolve(record)
+    def _refused(self, exc: BaseException) -> None:
+        with self._lock:
+            waiting = list(self._futures.values())
+        self._fail([(f, {}) for f in waiting], exc)
 
     def _resolve(self, record: dict) -> None:
         with self._lock:
@@ -433,12 +381,10 @@ class Executor(concurrent.futures.Executor):
             future.set_exception(value)
 
     def _cancel_remote(self, future: ComputeFuture) -> bool:
-        with self._lock:
-            for i, (queued, _, _) in enumerate(self._queue):
-                if queued is future:
-                    del self._queue[i]
-                    self._futures.pop(future.task_id, None)
-                    return True
+        if self._submitter.withdraw(future):
+            with self._lock:
+                self._futures.pop(future.task_id, None)
+            return True
         try:
             status = self.client.cancel_task(future.task_id)
         except errors.ServiceError:
@@ -453,37 +399,67 @@ class Executor(concurrent.futures.Executor):
         """Futures for every task of a task group, e.g. submitted by a process that has exited."""
         if task_group_id:
             self.task_group_id = task_group_id
-            self._cursor = "0"
-        task_ids = self.client.get_task_group(self.task_group_id)
+        task_ids = self.client.get_task_group(str(self.task_group_id))
         futures = []
         with self._lock:
             for tid in task_ids:
                 future = self._futures.get(tid) or ComputeFuture(tid, self)
                 self._futures[tid] = future
                 futures.append(future)
-            self._ensure_threads()
+            _live.add(self)
+            self._results.start()
             self._lock.notify_all()
         return futures
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting tasks; optionally cancel those not started; optionally wait."""
+        """Stop accepting tasks; optionally cancel those not started; optionally wait.
+
+        ``cancel_futures``: tasks not sent yet are dropped here; for the others one bulk
+        request asks the service to cancel those that have not started (with ``wait=False``
+        in the background, so that an unreachable service does not hold the caller)."""
         if cancel_futures:
             with self._lock:
-                pending = list(self._futures.values())
+                pending = [f for f in self._futures.values() if not f.done()]
+            sent = []
             for future in pending:
-                future.cancel()
+                if self._submitter.withdraw(future):
+                    with self._lock:
+                        self._futures.pop(future.task_id, None)
+                    future.cancel_local()
+                else:
+                    sent.append(future)
+            if sent:
+                cancel = threading.Thread(target=self._cancel_sent, args=(sent,), daemon=True,
+                                          name="fedcompute-cancel")
+                cancel.start()
+                if wait:
+                    cancel.join()
+        self._shutdown = True
+        self._submitter.close()
         with self._lock:
-            self._shutdown = True
+            self._results.closed = True
             self._lock.notify_all()
             if wait:
-                while self._queue or self._sending or self._futures:
+                while self._submitter.busy() or self._futures:
                     self._lock.wait(1.0)
+
+    def _cancel_sent(self, futures: list[ComputeFuture]) -> None:
+        try:
+            statuses = self.client.cancel_tasks([f.task_id for f in futures])
+        except errors.ServiceError as exc:
+            log.warning("could not cancel %d tasks: %s", len(futures), exc)
+            return
+        for future in futures:
+            if statuses.get(future.task_id) == "cancelled":
+                with self._lock:
+                    self._futures.pop(future.task_id, None)
+                    self._lock.notify_all()
+                future.cancel_local()
 
     def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
-

@@ -43,6 +43,9 @@ UUIDStr = Annotated[
     ),
 ]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+#: A group of the identity provider's group claim: Keycloak paths (``/lab/members``), Globus
+#: group UUIDs, CILogon's ``CO:members:all``, Google group addresses.
+GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@:/+=~-]{1,256}$")]
 
 
 def _integral(value: Any) -> Any:
@@ -72,6 +75,9 @@ def unpackb(data: bytes) -> Any:
 class Sharing(Message):
     public: bool = False
     shared_with: list[Name] = Field(default_factory=list, max_length=1000)
+    shared_with_groups: list[GroupName] = Field(
+        default_factory=list, max_length=1000,
+        description="groups (from the identity provider's group claim) whose members may use it")
 
 
 class FunctionRegistration(Sharing):
@@ -87,12 +93,14 @@ class FunctionInfo(Message):
     description: str = ""
     public: bool = False
     shared_with: list[str] = Field(default_factory=list)
+    shared_with_groups: list[str] = Field(default_factory=list)
     created: float
 
 
 class SharingUpdate(Message):
     public: bool | None = None
     shared_with: list[Name] | None = Field(default=None, max_length=1000)
+    shared_with_groups: list[GroupName] | None = Field(default=None, max_length=1000)
     allowed_functions: list[UUIDStr] | None = Field(default=None, max_length=10000)
 
 
@@ -118,6 +126,7 @@ class EndpointInfo(Message):
     owner: str
     public: bool = False
     shared_with: list[str] = Field(default_factory=list)
+    shared_with_groups: list[str] = Field(default_factory=list)
     allowed_functions: list[str] | None = None
     status: Literal["online", "offline"]
     last_heartbeat: float | None = None

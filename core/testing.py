@@ -54,7 +54,7 @@ class LocalStack:
         log = open(self.home / "service.out", "ab")  # noqa: SIM115
         self.service = subprocess.Popen(
             [sys.executable, "-m", "fedcompute.cli", "service", "start",
-             "--port", str(self.port), "--threads", "128"],
+             "--port", str(self.port)],
             env=self.env, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         log.close()
         line = self.service.stdout.readline()

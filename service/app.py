@@ -10,13 +10,14 @@ from flask import Flask, Response, request
 from rq import Queue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from . import relay
+from . import console, relay
 from .api import agent, endpoints, functions, meta, tasks
 from .api.wire import reply
 from .auth import RateLimited
 from .context import EXTENSION, FedContext, stopping
 from .settings import Settings
 from .store import Store
+from .store.scripts import NotReplicated
 from .worker import QUEUE
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False
     store = Store(settings.redis_url, settings, stopping)
     app.extensions[EXTENSION] = FedContext(settings, store, Queue(QUEUE, connection=store.redis),
-                                           relay.Relay.from_settings(settings))
-    for module in (meta, functions, endpoints, tasks, agent, relay):
+                                           relay.Relay.from_settings(settings, store))
+    for module in (meta, functions, endpoints, tasks, agent, relay, console):
         app.register_blueprint(module.bp)
     _register_errors(app)
     return app
@@ -81,6 +82,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(NotReplicated)
     def redis_unavailable(exc: Exception) -> Response:
         # Redis restarting (or loading its append-only file): a temporary condition that
         # clients retry, not an internal error.

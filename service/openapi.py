@@ -108,6 +108,8 @@ def openapi_document() -> dict:
                                    ok=p.BatchAccepted, status="201", errors=("409",))},
         f"{V}/tasks/get": {"post": _op("Status and results of many tasks", body=p.TaskIds,
                                        ok=p.TaskRecords)},
+        f"{V}/tasks/cancel": {"post": _op("Cancel many tasks; their states afterwards",
+                                          body=p.TaskIds, ok=obj)},
         f"{V}/tasks/{{task_id}}": {"get": _op("Status and result of a task", ok=p.TaskRecord,
                                               params=[tid])},
         f"{V}/tasks/{{task_id}}/cancel": {"post": _op("Cancel a task that has not started",

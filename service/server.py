@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 from fedcompute import process
 from fedcompute.config import home
-from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -25,6 +24,7 @@ from rq.job import Job
 from .embedded import EmbeddedRedis, free_port, redis_password_file
 from .jobs import maintenance
 from .settings import Settings
+from .store.connection import connect
 from .worker import QUEUE
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Service:
     """The service's processes, supervised."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, redis_url: str | None = None,
-                 data_dir: Path | None = None, workers: int = 1, threads: int = 128,
+                 data_dir: Path | None = None, workers: int = 1,
                  certfile: str | None = None, keyfile: str | None = None,
                  settings: Settings | None = None):
         self.host = host
@@ -79,7 +79,6 @@ class Service:
         self.settings = settings or Settings.from_env()
         self.redis_url = redis_url or self.settings.redis_url or None
         self.workers = workers
-        self.threads = threads
         self.certfile, self.keyfile = certfile, keyfile
         self.embedded: EmbeddedRedis | None = None
         self.children: dict[str, subprocess.Popen] = {}
@@ -104,12 +103,10 @@ class Service:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if name == "api":
+            # Worker class, connections and timeouts: gunicorn_conf.
             args = [sys.executable, "-m", "gunicorn", "--bind", f"{self.host}:{self.port}",
-                    "--worker-class", "gthread", "--workers", str(self.workers),
-                    "--threads", str(self.threads), "--timeout", "120",
-                    "--graceful-timeout", "10", "--keep-alive", "75",
-                    "--limit-request-field_size", "16384", "--log-level", "warning",
-                    "--config", "python:fedcompute.service.gunicorn_conf",
+                    "--workers", str(self.workers), "--timeout", "120",
+                    "--log-level", "warning", "--config", "python:fedcompute.service.gunicorn_conf",
                     "fedcompute.service.wsgi:app"]
             if self.certfile:
                 args += ["--certfile", self.certfile, "--keyfile", self.keyfile or ""]
@@ -180,7 +177,7 @@ class Service:
                     self._spawn(name)
 
     def _tick(self) -> None:
-        queue = Queue(QUEUE, connection=Redis.from_url(self.redis_url))
+        queue = Queue(QUEUE, connection=connect(self.redis_url))
         job = None
         # A maintenance run takes well under a second. One not finished after this long was
         # abandoned by an RQ worker that died mid-run; RQ itself notices only minutes later,

@@ -16,6 +16,8 @@ class Settings:
     """Limits, lifetimes and timeouts of the service (each has an env var ``FEDCOMPUTE_<NAME>``)."""
 
     redis_url: str = ""
+    redis_min_replicas: int = 0             # submissions and results: on this many replicas
+    redis_wait_timeout: float = 1.0         # seconds to wait for them (else 503: retry)
     max_request_bytes: int = 64 * 1024 * 1024
     max_payload_bytes: int = 10 * 1024 * 1024
     max_function_bytes: int = 10 * 1024 * 1024
@@ -31,8 +33,10 @@ class Settings:
     maintenance_interval: float = 5.0
     max_lease_wait: float = 30.0
     max_result_wait: float = 30.0
-    dask_max_comms: int = 24                # relayed Dask comms at once (2 API threads each)
-    dask_max_comms_per_user: int = 12
+    dask_max_comms: int = 2000              # relayed Dask comms at once, all instances
+    dask_max_comms_per_user: int = 60       # (a Dask client uses 3)
+    relay_internal_host: str = "127.0.0.1"  # where other instances reach this one's relay hops
+    oidc_config: str = ""                   # YAML/JSON file of OpenID Connect issuers (oidc.py)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

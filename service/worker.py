@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from redis import Redis
 from rq import Queue, Worker
 
 from .settings import Settings
+from .store.connection import connect
 
 QUEUE = "fedcompute"
 
@@ -15,7 +15,7 @@ QUEUE = "fedcompute"
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()
-    connection = Redis.from_url(settings.redis_url)
+    connection = connect(settings.redis_url)
     Worker([Queue(QUEUE, connection=connection)], connection=connection).work(
         with_scheduler=False, logging_level="WARNING")
 

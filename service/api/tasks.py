@@ -14,6 +14,7 @@ from ..access import owned
 from ..auth import require_user
 from ..context import fed
 from ..jobs import enqueue_fanout
+from ..scopes import READ, SUBMIT
 from . import uuid_arg
 from .endpoints import visible_endpoint
 from .wire import parse, reply, within_limit
@@ -32,7 +33,7 @@ def _check_batch(batch: TaskBatch, user: str) -> None:
                      settings.max_payload_bytes, "max_payload_bytes")
     endpoint = visible_endpoint(batch.endpoint_id, user)
     function_ids = sorted({t.function_id for t in batch.tasks})
-    usable = fed().store.functions_usable(function_ids, user)
+    usable = fed().store.functions_usable(function_ids, user, getattr(user, "groups", ()))
     for fid, ok in usable.items():
         if not ok:
             raise NotFound(f"function {fid} not found")
@@ -46,7 +47,7 @@ def _check_batch(batch: TaskBatch, user: str) -> None:
 @bp.post("/tasks")
 def submit():
     """Submit a batch of tasks for one endpoint, in one Redis script."""
-    user = require_user()
+    user = require_user(SUBMIT)
     batch = parse(TaskBatch)
     _check_batch(batch, user)
     group = batch.task_group_id or str(uuid.uuid4())
@@ -76,14 +77,14 @@ def _public(record: dict) -> dict:
 
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str):
-    user = require_user()
+    user = require_user(READ)
     record = fed().store.get_tasks([uuid_arg(task_id, "task id")])[0]
     return reply(_public(owned(record, user, f"task {task_id}")))
 
 
 @bp.post("/tasks/get")
 def get_tasks():
-    user = require_user()
+    user = require_user(READ)
     ids = parse(TaskIds).task_ids
     records = fed().store.get_tasks(ids)
     return reply({"tasks": {tid: _public(r) if r and r["owner"] == user else None
@@ -92,13 +93,27 @@ def get_tasks():
 
 @bp.post("/tasks/<task_id>/cancel")
 def cancel(task_id: str):
-    user = require_user()
+    user = require_user(SUBMIT)
     task_id = uuid_arg(task_id, "task id")
     store = fed().store
     owned({"owner": store.task_owner(task_id)}, user, f"task {task_id}")
     envelope = packb(serialize.error_envelope(errors.TaskCancelled,
                                               f"task {task_id} was cancelled"))
     return reply({"task_id": task_id, "status": store.cancel(task_id, envelope)})
+
+
+@bp.post("/tasks/cancel")
+def cancel_many():
+    """Cancel many tasks in one request: ``{"task_ids": [...]}`` → their states afterwards
+    (``cancelled``, the state of one too far along, or ``unknown``: not yours or no such)."""
+    user = require_user(SUBMIT)
+    ids = parse(TaskIds).task_ids
+    store = fed().store
+    mine = [tid for tid, owner in zip(ids, store.task_owners(ids), strict=True) if owner == user]
+    states = dict.fromkeys(ids, "unknown")
+    states.update(store.cancel_many(mine, lambda tid: packb(serialize.error_envelope(
+        errors.TaskCancelled, f"task {tid} was cancelled"))))
+    return reply({"tasks": states})
 
 
 def _owned_group(group: str, user: str, allow_new: bool = False) -> str:
@@ -112,14 +127,14 @@ def _owned_group(group: str, user: str, allow_new: bool = False) -> str:
 
 @bp.get("/task_groups/<group>")
 def task_group(group: str):
-    group = _owned_group(group, require_user())
+    group = _owned_group(group, require_user(READ))
     return reply({"task_group_id": group, "task_ids": fed().store.group_task_ids(group)})
 
 
 @bp.get("/task_groups/<group>/results")
 def results(group: str):
     """Long-poll the group's result stream: finished tasks after ``cursor``."""
-    user = require_user()
+    user = require_user(READ)
     # A submitter may start listening before its first batch has created the group.
     group = _owned_group(group, user, allow_new=True)
     unknown = sorted(set(request.args) - {"cursor", "wait", "limit"})

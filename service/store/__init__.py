@@ -9,6 +9,8 @@
 ``tasks``       submission, task records, cancellation, result streams
 ``leases``      agent sessions and the lease protocol
 ``maintenance`` reclaiming the leases of silent endpoints
+``wakeups``     long-polls woken through pub/sub
+``console``     the web console's sessions and light, bounded reads
 ============== =====================================================================
 
 Callers use ``Store``; each of its methods is the same-named method of one part.
@@ -19,8 +21,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import redis
-
+from .connection import connect
+from .console import Console
 from .endpoints import Endpoints
 from .functions import Functions
 from .leases import Leases, StaleSession
@@ -29,6 +31,7 @@ from .records import sharing_allows
 from .scripts import Scripts
 from .tasks import Tasks
 from .tokens import Tokens
+from .wakeups import Wakeups
 
 __all__ = ["StaleSession", "Store", "sharing_allows"]
 
@@ -56,22 +59,27 @@ class Store:
         self.settings = settings
         #: Set when this process stops: long-polls then end within one slice.
         self.stopping = stopping or threading.Event()
-        self.redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5,
-                                          health_check_interval=30, max_connections=512)
-        # Blocking reads (long polls) get their own pool, with no socket timeout of their own.
-        self.blocking = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5,
-                                             max_connections=512)
-        scripts = Scripts(self.redis)
+        # Long-polls hold no connection (see wakeups.py): requests borrow one for a moment.
+        self.redis = connect(url, socket_timeout=30, socket_connect_timeout=5,
+                             health_check_interval=30, max_connections=512)
+        self.wakeups = Wakeups(self.redis, self.stopping)
+        scripts = Scripts(self.redis, settings.redis_min_replicas, settings.redis_wait_timeout)
         self.tokens = Tokens(self.redis)
         self.functions = Functions(self.redis)
         self.endpoints = Endpoints(self.redis, self.tokens, settings.heartbeat_timeout)
-        self.tasks = Tasks(self.redis, self.blocking, scripts, settings.task_ttl,
-                           settings.result_ttl, self.stopping)
-        self.leases = Leases(self.redis, self.blocking, scripts, settings, self.stopping)
+        self.tasks = Tasks(self.redis, self.wakeups, scripts, settings.task_ttl,
+                           settings.result_ttl)
+        self.leases = Leases(self.redis, self.wakeups, scripts, settings)
         self.upkeep = Maintenance(self.endpoints, self.leases, settings.heartbeat_timeout)
+        self.console = Console(self.redis)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+    def stop(self) -> None:
+        """This process stops: long-polls return at once."""
+        self.stopping.set()
+        self.wakeups.wake_all()
 
     create_user = _Part("tokens")
     list_users = _Part("tokens")
@@ -98,6 +106,8 @@ class Store:
     get_tasks = _Part("tasks")
     task_owner = _Part("tasks")
     cancel = _Part("tasks")
+    task_owners = _Part("tasks")
+    cancel_many = _Part("tasks")
     store_results = _Part("tasks")
     mark = _Part("tasks")
     claim_group = _Part("tasks")
@@ -117,4 +127,22 @@ class Store:
     reclaim = _Part("leases")
 
     maintenance = _Part("upkeep")
+
+    # the web console (service/console)
+    create_session = _Part("console")
+    get_session = _Part("console")
+    delete_session = _Part("console")
+    set_flash = _Part("console")
+    clear_flash = _Part("console")
+    open_stream = _Part("console")
+    close_stream = _Part("console")
+    functions_of = _Part("console")
+    function_names = _Part("console")
+    group_summaries = _Part("console")
+    light_tasks = _Part("console")
+    group_light_page = _Part("console")
+    group_sample = _Part("console")
+    results_cursor = _Part("console")
+    finished_since = _Part("console")
+    cancellable_in = _Part("console")
 

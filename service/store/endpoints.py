@@ -20,9 +20,10 @@ class Endpoints:
 
     def put_endpoint(self, endpoint_id: str, owner: str, name: str, public: bool,
                      shared_with: list[str], allowed_functions: list[str] | None,
-                     metadata: dict, credential_hash: str) -> None:
+                     metadata: dict, credential_hash: str,
+                     shared_with_groups: list[str] | None = None) -> None:
         """Register (or re-register) an endpoint with a new credential; the old one stops
-        working at once."""
+        working at once. ``shared_with_groups=None`` keeps the groups it is shared with."""
         key = keys.endpoint(endpoint_id)
         old = self.redis.hget(key, "credential")
         pipe = self.redis.pipeline()
@@ -35,6 +36,8 @@ class Endpoints:
             "shared_with": names_json(shared_with),
             "allowed_functions": "" if allowed_functions is None else json.dumps(allowed_functions),
             "metadata": json.dumps(metadata), "credential": credential_hash})
+        if shared_with_groups is not None:
+            pipe.hset(key, "shared_with_groups", names_json(shared_with_groups))
         pipe.sadd(keys.user_endpoints(owner), endpoint_id)
         pipe.sadd(keys.endpoints(), endpoint_id)
         try:
@@ -57,7 +60,8 @@ class Endpoints:
         allowed = rec.get("allowed_functions") or b""
         return {
             "endpoint_id": endpoint_id, "name": rec["name"].decode(),
-            **sharing(rec["owner"], rec.get("public"), rec.get("shared_with")),
+            **sharing(rec["owner"], rec.get("public"), rec.get("shared_with"),
+                      rec.get("shared_with_groups")),
             "allowed_functions": json.loads(allowed) if allowed else None,
             "status": "online" if online else "offline", "last_heartbeat": last,
             "created": float(rec.get("created") or 0),
@@ -65,12 +69,13 @@ class Endpoints:
             "details": json.loads(rec.get("status") or b"{}"),
         }
 
-    def endpoints_of(self, user: str) -> list[dict]:
-        """Endpoints ``user`` may use (owned, shared with them or public), oldest first."""
+    def endpoints_of(self, user: str, groups: list[str] | None = None) -> list[dict]:
+        """Endpoints ``user`` may use (owned, shared with them or their ``groups``, or
+        public), oldest first."""
         ids = {i.decode() for i in self.redis.smembers(keys.user_endpoints(user))}
         ids |= set(self.all_endpoint_ids())
         records = (self.get_endpoint(eid) for eid in ids)
-        return sorted((r for r in records if r and sharing_allows(r, user)),
+        return sorted((r for r in records if r and sharing_allows(r, user, groups)),
                       key=lambda r: r["created"])
 
     def all_endpoint_ids(self) -> list[str]:
@@ -91,9 +96,10 @@ class Endpoints:
 
     def share_endpoint(self, endpoint_id: str, public: bool | None,
                        shared_with: list[str] | None, allowed_functions: list[str] | None,
-                       clear_allowed: bool = False) -> None:
+                       clear_allowed: bool = False,
+                       shared_with_groups: list[str] | None = None) -> None:
         update_sharing(self.redis, keys.endpoint(endpoint_id), public, shared_with,
-                       allowed_functions, clear_allowed)
+                       allowed_functions, clear_allowed, shared_with_groups)
 
     def delete_endpoint(self, endpoint_id: str, owner: str) -> None:
         self.tokens.revoke_tokens("endpoint", endpoint_id)

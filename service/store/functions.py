@@ -16,7 +16,8 @@ class Functions:
         self.redis = client
 
     def put_function(self, owner: str, name: str, body: bytes, digest: str, description: str,
-                     public: bool, shared_with: list[str]) -> str:
+                     public: bool, shared_with: list[str],
+                     shared_with_groups: list[str] | None = None) -> str:
         """Register (or update) a function; the same owner and body give the same id."""
         function_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fedcompute:{owner}:{digest}"))
         key = keys.function(function_id)
@@ -24,13 +25,15 @@ class Functions:
         pipe.hsetnx(key, "created", time.time())
         pipe.hset(key, mapping={"owner": owner, "function_name": name, "body": body,
                                 "description": description, "public": int(public),
-                                "shared_with": names_json(shared_with)})
+                                "shared_with": names_json(shared_with),
+                                "shared_with_groups": names_json(shared_with_groups or [])})
         pipe.sadd(keys.user_functions(owner), function_id)
         pipe.execute()
         return function_id
 
     def get_function(self, function_id: str, with_body: bool = False) -> dict | None:
-        names = ["owner", "function_name", "description", "public", "shared_with", "created"]
+        names = ["owner", "function_name", "description", "public", "shared_with", "created",
+                 "shared_with_groups"]
         if with_body:
             names.append("body")
         values = self.redis.hmget(keys.function(function_id), names)
@@ -38,7 +41,8 @@ class Functions:
             return None
         rec = dict(zip(names, values, strict=True))
         out = {"function_id": function_id,
-               **sharing(rec["owner"], rec["public"], rec["shared_with"]),
+               **sharing(rec["owner"], rec["public"], rec["shared_with"],
+                         rec["shared_with_groups"]),
                "function_name": rec["function_name"].decode(),
                "description": (rec["description"] or b"").decode(),
                "created": float(rec["created"] or 0)}
@@ -46,15 +50,19 @@ class Functions:
             out["body"] = rec["body"]
         return out
 
-    def functions_usable(self, function_ids: list[str], user: str) -> dict[str, bool | None]:
-        """For each id: usable by ``user``, not usable (False), or unknown (None)."""
+    def functions_usable(self, function_ids: list[str], user: str,
+                         groups: list[str] | None = None) -> dict[str, bool | None]:
+        """For each id: usable by ``user`` (or its ``groups``), not usable (False), or unknown
+        (None)."""
         pipe = self.redis.pipeline(transaction=False)
         for fid in function_ids:
-            pipe.hmget(keys.function(fid), "owner", "public", "shared_with")
+            pipe.hmget(keys.function(fid), "owner", "public", "shared_with",
+                       "shared_with_groups")
         out: dict[str, bool | None] = {}
-        for fid, (owner, public, shared) in zip(function_ids, pipe.execute(), strict=True):
+        for fid, (owner, public, shared, groups_of) in zip(function_ids, pipe.execute(),
+                                                           strict=True):
             out[fid] = None if owner is None else sharing_allows(
-                sharing(owner, public, shared), user)
+                sharing(owner, public, shared, groups_of), user, groups)
         return out
 
     def function_bodies(self, function_ids: list[str]) -> dict[str, bytes]:
@@ -65,8 +73,10 @@ class Functions:
                 if body is not None}
 
     def share_function(self, function_id: str, public: bool | None,
-                       shared_with: list[str] | None) -> None:
-        update_sharing(self.redis, keys.function(function_id), public, shared_with)
+                       shared_with: list[str] | None,
+                       shared_with_groups: list[str] | None = None) -> None:
+        update_sharing(self.redis, keys.function(function_id), public, shared_with,
+                       shared_with_groups=shared_with_groups)
 
     def delete_function(self, function_id: str, owner: str) -> None:
         pipe = self.redis.pipeline()

@@ -110,10 +110,77 @@ def fanout(job_id: str) -> str:
     return f"{PREFIX}fanout:{job_id}"
 
 
+def wake(what: str) -> str:
+    """pub/sub channel: something a long-poll waits for happened (see ``wakeups.py``)."""
+    return f"{PREFIX}wake:{what}"
+
+
+def wake_queue(endpoint_id: str) -> str:
+    """published when tasks are queued for the endpoint."""
+    return wake(f"q:{endpoint_id}")
+
+
+def wake_results(group_id: str) -> str:
+    """published when results of the task group are stored."""
+    return wake(f"rs:{group_id}")
+
+
+def relay_control(endpoint_id: str) -> str:
+    """hash: instance, session, versions, since: the endpoint's Dask bridge is connected to
+    that service instance (expires unless refreshed)."""
+    return f"{PREFIX}relay:control:{endpoint_id}"
+
+
+def relay_comm(comm_id: str) -> str:
+    """hash: instance, endpoint, user: a user's Dask comm waiting for the endpoint's dial-back
+    on that instance."""
+    return f"{PREFIX}relay:comm:{comm_id}"
+
+
+def relay_instance(instance_id: str) -> str:
+    """string host:port: where an API process takes relay hops from other instances."""
+    return f"{PREFIX}relay:instance:{instance_id}"
+
+
+def relay_open(user: str | None = None) -> str:
+    """sorted set of open relayed comms (all, or one user's), scored by when they expire."""
+    return f"{PREFIX}relay:open" + (f":{user}" if user else "")
+
+
+def relay_secret() -> str:
+    """string: what a relay hop between instances shows to be one (made by the first one)."""
+    return f"{PREFIX}relay:secret"
+
+
+def wake_dial(endpoint_id: str) -> str:
+    """published (comm id) when a user's Dask comm asks the endpoint to dial back."""
+    return wake(f"dial:{endpoint_id}")
+
+
+def wake_control(endpoint_id: str) -> str:
+    """published (session instance) when the endpoint's Dask bridge (re)connects."""
+    return wake(f"ctl:{endpoint_id}")
+
+
 #: Templates for keys a Lua script computes from a record it reads.
 TEMPLATES = {
     "queue": queue("{id}"),
     "task": task("{id}"),
     "group_results": group_results("{id}"),
     "group_counts": group_counts("{id}"),
+    "wake_queue": wake_queue("{id}"),
+    "wake_results": wake_results("{id}"),
 }
+
+
+# --- web console (service/console) -------------------------------------------------------
+
+def console_session(session_hash: str) -> str:
+    """hash: user, csrf (the session's form secret), token (hash of the token signed in
+    with), created, flash; keyed by the SHA-256 of the session cookie, expires when idle."""
+    return f"{PREFIX}console:session:{session_hash}"
+
+
+def console_streams(user: str) -> str:
+    """counter of a user's open live streams (server-sent events) on the console."""
+    return f"{PREFIX}console:streams:{user}"

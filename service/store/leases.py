@@ -12,7 +12,6 @@ requests is a sign of life (TOUCH).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
@@ -21,8 +20,8 @@ from fedcompute import errors, serialize
 from fedcompute.protocol import packb, unpackb
 
 from . import keys
-from .polling import long_poll
 from .scripts import Scripts
+from .wakeups import Wakeups
 
 #: Entries read (XCLAIM, XREADGROUP recover) or requeued per round trip.
 PAGE = 2000
@@ -33,13 +32,11 @@ class StaleSession(Exception):
 
 
 class Leases:
-    def __init__(self, client: redis.Redis, blocking: redis.Redis, scripts: Scripts,
-                 settings: Any, stopping: threading.Event):
+    def __init__(self, client: redis.Redis, wakeups: Wakeups, scripts: Scripts, settings: Any):
         self.redis = client
-        self.blocking = blocking
+        self.wakeups = wakeups
         self.scripts = scripts
         self.settings = settings
-        self.stopping = stopping
 
     # --- sessions ----------------------------------------------------------------------
 
@@ -80,9 +77,9 @@ class Leases:
         if recover:
             entries = self._own_pending_entries(q, session)
         else:
-            reply = long_poll(lambda block: self.blocking.xreadgroup(
-                keys.CONSUMER_GROUP, session, {q: ">"}, count=max_tasks, block=block),
-                wait, self.stopping)
+            reply = self.wakeups.poll(lambda: self.redis.xreadgroup(
+                keys.CONSUMER_GROUP, session, {q: ">"}, count=max_tasks),
+                keys.wake_queue(endpoint_id), wait)
             entries = reply[0][1] if reply else []
         if not entries:
             return []

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from fedcompute.protocol import TaskResult, TaskSpec, packb, unpackb
 
 from . import keys
-from .polling import long_poll
 from .records import text
 from .scripts import Scripts
+from .wakeups import Wakeups
 
 TASK_FIELDS = ("state", "function", "endpoint", "group", "attempts", "completed", "result", "exc",
                "stdout", "stderr", "owner")
@@ -49,14 +49,13 @@ def task_record(task_id: str, values: list) -> dict | None:
 
 
 class Tasks:
-    def __init__(self, client: redis.Redis, blocking: redis.Redis, scripts: Scripts,
-                 task_ttl: int, result_ttl: int, stopping: threading.Event):
+    def __init__(self, client: redis.Redis, wakeups: Wakeups, scripts: Scripts,
+                 task_ttl: int, result_ttl: int):
         self.redis = client
-        self.blocking = blocking
+        self.wakeups = wakeups
         self.scripts = scripts
         self.task_ttl = task_ttl
         self.result_ttl = result_ttl
-        self.stopping = stopping
 
     def submit(self, owner: str, endpoint_id: str, group: str, tasks: list[TaskSpec]) -> int:
         """Write a batch in one script: records, queue entries, group membership. Returns
@@ -67,8 +66,8 @@ class Tasks:
         for t in tasks:
             argv += [t.task_id, t.function_id, t.payload,
                      _packed_or_empty(t.resource_specification), _packed_or_empty(t.options)]
-        dup, error = self.scripts.submit(
-            keys=[keys.queue(endpoint_id), keys.group(group), keys.group_tasks(group),
+        dup, error = self.scripts.durably(
+            "submit", keys=[keys.queue(endpoint_id), keys.group(group), keys.group_tasks(group),
                   keys.user_groups(owner), *task_keys], args=argv)
         if dup == -1:
             raise PermissionError(error.decode())
@@ -90,6 +89,22 @@ class Tasks:
                                    args=[task_id, time.time(), self.result_ttl,
                                          envelope]).decode()
 
+    def task_owners(self, task_ids: list[str]) -> list[str | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in task_ids:
+            pipe.hget(keys.task(tid), "owner")
+        return [text(o) for o in pipe.execute()]
+
+    def cancel_many(self, task_ids: list[str], envelope: Callable[[str], bytes]
+                    ) -> dict[str, str]:
+        """:meth:`cancel` for many tasks in one round trip; task id -> state afterwards."""
+        pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
+        for tid in task_ids:
+            self.scripts.cancel(keys=[keys.task(tid)],
+                                args=[tid, now, self.result_ttl, envelope(tid)], client=pipe)
+        return {tid: s.decode() for tid, s in zip(task_ids, pipe.execute(), strict=True)}
+
     def store_results(self, endpoint_id: str, results: list[TaskResult]) -> tuple[int, int]:
         """Store an endpoint's finished tasks; returns (stored, duplicates)."""
         argv: list[Any] = [endpoint_id, time.time(), self.result_ttl]
@@ -97,8 +112,8 @@ class Tasks:
             exc = r.exception.model_dump() if r.exception is not None else None
             argv += [r.task_id, r.status, r.result or b"", _packed_or_empty(exc),
                      r.stdout or "", r.stderr or ""]
-        stored, dup = self.scripts.results(
-            keys=[keys.queue(endpoint_id), *(keys.task(r.task_id) for r in results)],
+        stored, dup = self.scripts.durably(
+            "results", keys=[keys.queue(endpoint_id), *(keys.task(r.task_id) for r in results)],
             args=argv)
         return int(stored), int(dup)
 
@@ -149,8 +164,8 @@ class Tasks:
                      ) -> tuple[str, list[dict]]:
         """Long-poll a task group's result stream after ``cursor``."""
         stream = keys.group_results(group)
-        reply = long_poll(lambda block: self.blocking.xread(
-            {stream: cursor}, count=limit, block=block), wait, self.stopping)
+        reply = self.wakeups.poll(lambda: self.redis.xread({stream: cursor}, count=limit),
+                                  keys.wake_results(group), wait)
         if not reply:
             return cursor, []
         entries = reply[0][1]

@@ -1,13 +1,23 @@
-"""Users and their bearer tokens (stored as SHA-256 hashes only), endpoints' credentials."""
+"""Users and their bearer tokens (stored as SHA-256 hashes only), endpoints' credentials.
+
+A token record holds its principal (``kind``, ``name``), a ``label``, and for user tokens
+its ``scopes`` (JSON list; absent on tokens made before scopes existed: all user scopes) and
+``expires`` (epoch seconds; absent: never). An expired token's record is kept for a grace
+period so that its holder is told it *expired* rather than that it is unknown.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 
 import redis
 
 from . import keys
 from .records import text
+
+#: How long an expired token's record stays, to answer "expired" rather than "invalid".
+EXPIRED_GRACE = 30 * 24 * 3600
 
 
 def _owner_set(kind: str, name: str) -> str:
@@ -29,25 +39,61 @@ class Tokens:
     def list_users(self) -> list[str]:
         return sorted(m.decode() for m in self.redis.smembers(keys.users()))
 
-    def add_token(self, token_hash: str, kind: str, name: str, label: str = "") -> None:
+    def add_token(self, token_hash: str, kind: str, name: str, label: str = "",
+                  scopes: list[str] | None = None, expires: float | None = None) -> None:
+        """Store a token's hash; ``scopes=None``: all user scopes, ``expires=None``: never."""
+        mapping: dict[str, str | float] = {"kind": kind, "name": name, "created": time.time(),
+                                           "label": label}
+        if scopes is not None:
+            mapping["scopes"] = json.dumps(sorted(set(scopes)))
+        if expires is not None:
+            mapping["expires"] = float(expires)
         pipe = self.redis.pipeline()
-        pipe.hset(keys.token(token_hash),
-                  mapping={"kind": kind, "name": name, "created": time.time(), "label": label})
+        pipe.hset(keys.token(token_hash), mapping=mapping)
+        if expires is not None:
+            pipe.expireat(keys.token(token_hash), int(expires + EXPIRED_GRACE))
         pipe.sadd(_owner_set(kind, name), token_hash)
         pipe.execute()
 
     def lookup_token(self, token_hash: str, rate_window: int = 0) -> tuple[dict, int]:
-        """The token's principal and, if rate limiting is on, this window's request count."""
+        """The token's principal (``kind``, ``name``, ``scopes``: a list or None for all,
+        ``expires``: epoch seconds or None) and, if rate limiting is on, this window's request
+        count."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(keys.token(token_hash), "kind", "name")
+        pipe.hmget(keys.token(token_hash), "kind", "name", "scopes", "expires")
         if rate_window:
             key = keys.rate(token_hash, int(time.time() // rate_window))
             pipe.incr(key)
             pipe.expire(key, rate_window * 2)
         out = pipe.execute()
-        kind, name = out[0]
-        principal = {"kind": text(kind), "name": text(name)} if kind else {}
+        kind, name, scopes, expires = out[0]
+        principal = {"kind": text(kind), "name": text(name),
+                     "scopes": json.loads(scopes) if scopes else None,
+                     "expires": float(expires) if expires else None} if kind else {}
         return principal, (out[1] if rate_window else 0)
+
+    def count_request(self, subject: str, rate_window: int) -> int:
+        """Count a request of ``subject`` (e.g. an OIDC user) in this rate window."""
+        key = keys.rate(subject, int(time.time() // rate_window))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, rate_window * 2)
+        return int(pipe.execute()[0])
+
+    def tokens_of(self, kind: str, name: str) -> list[dict]:
+        """The token records (without hashes' secrets: hashes are not tokens) of a principal."""
+        hashes = sorted(h.decode() for h in self.redis.smembers(_owner_set(kind, name)))
+        pipe = self.redis.pipeline(transaction=False)
+        for h in hashes:
+            pipe.hmget(keys.token(h), "label", "created", "scopes", "expires")
+        out = []
+        for h, (label, created, scopes, expires) in zip(hashes, pipe.execute(), strict=True):
+            if created is None:
+                continue  # expired past its grace period
+            out.append({"hash": h, "label": text(label) or "", "created": float(created),
+                        "scopes": json.loads(scopes) if scopes else None,
+                        "expires": float(expires) if expires else None})
+        return out
 
     def revoke_tokens(self, kind: str, name: str) -> int:
         """Revoke every token of a user or endpoint; returns how many."""

@@ -157,7 +157,7 @@ def test_api_burst_limit_paces_submission_requests():
     assert (ex.api_burst_limit, ex.api_burst_window_s) == (2, 1)
     started = time.monotonic()
     for _ in range(3):
-        ex._pace()
+        ex._submitter._pace()
     assert time.monotonic() - started >= 0.9  # the third request waited for the window
     clamped = Executor(client=offline_client(), api_burst_limit=100, api_burst_window_s=0)
     assert (clamped.api_burst_limit, clamped.api_burst_window_s) == (8, 1)

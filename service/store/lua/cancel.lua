@@ -11,6 +11,6 @@ if f[1] == 'received' or f[1] == 'waiting-for-endpoint' then
   set_state(task_key, 'cancelled', now)
   drop_entry(key_for(KEY_TEMPLATES.queue, f[2]), f[3])
   finish(task_key, task_id, ttl, now)
-  return 'cancelled'
+  return done('cancelled')
 end
 return f[1]

@@ -10,6 +10,19 @@ local function key_for(template, id)
   return (string.gsub(template, '{id}', id, 1))
 end
 
+-- Wake channels to publish when the script ends (once each, however many tasks touched them):
+-- long-polls waiting on them read again (see wakeups.py).
+local WAKES = {}
+local function wake(template, id)
+  WAKES[key_for(template, id)] = true
+end
+
+-- End a script: publish its wake-ups, return `value`.
+local function done(value)
+  for channel in pairs(WAKES) do redis.call('PUBLISH', channel, '') end
+  return value
+end
+
 -- Acknowledge and delete a task's queue entry: the task no longer waits for an agent.
 local function drop_entry(queue, entry)
   if entry and entry ~= '' then
@@ -36,6 +49,7 @@ local function requeue(task_key, task_id, queue, now)
   redis.call('HSET', task_key, 'entry', entry)
   set_state(task_key, 'waiting-for-endpoint', now)
   redis.call('HDEL', task_key, 'session')
+  wake(KEY_TEMPLATES.wake_queue, redis.call('HGET', task_key, 'endpoint'))
 end
 
 -- A task reached a final state: drop its inputs, keep the record for `ttl` seconds and tell
@@ -48,4 +62,5 @@ local function finish(task_key, task_id, ttl, now)
   local results = key_for(KEY_TEMPLATES.group_results, group)
   redis.call('XADD', results, '*', 't', task_id)
   redis.call('EXPIRE', results, ttl)
+  wake(KEY_TEMPLATES.wake_results, group)
 end

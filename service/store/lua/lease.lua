@@ -34,4 +34,4 @@ for i = 1, #KEYS - 2 do
 end
 local code = 0
 if stale then code = ((not current or current == '') and 2 or 1) end
-return {code, out}
+return done({code, out})

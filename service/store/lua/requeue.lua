@@ -31,4 +31,4 @@ for i = 1, #KEYS - 1 do
     end
   end
 end
-return {requeued, failed}
+return done({requeued, failed})

@@ -24,4 +24,4 @@ for i = 1, #KEYS - 1 do
     stored = stored + 1
   end
 end
-return {stored, duplicates}
+return done({stored, duplicates})

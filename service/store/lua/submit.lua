@@ -44,4 +44,5 @@ redis.call('ZREMRANGEBYSCORE', owner_groups, '-inf', now - ttl)  -- groups expir
 redis.call('EXPIRE', group_key, ttl)
 redis.call('EXPIRE', members, ttl)
 redis.call('EXPIRE', key_for(KEY_TEMPLATES.group_counts, group_id), ttl)
-return {duplicates, ''}
+wake(KEY_TEMPLATES.wake_queue, endpoint_id)
+return done({duplicates, ''})

@@ -1,0 +1,14 @@
+"""The Dask relay: joins a user's ``fed://`` websocket to a websocket the endpoint dials out,
+across any number of service instances.
+
+``peers``     websocket ends, the pump between two, the byte pipe of a hop
+``registry``  what instances share in Redis: bridges, pending comms, instances, counts
+``state``     this process's bridges and comms (:class:`Relay`)
+``hop``       forwarding a dial-back to the instance holding the user's side
+``routes``    the blueprint
+"""
+
+from .routes import bp
+from .state import Relay
+
+__all__ = ["Relay", "bp"]

@@ -1,0 +1,132 @@
+"""Long-polls that hold neither a Redis connection nor (under gevent) a thread.
+
+The scripts PUBLISH on a *wake channel* when something a long-poll waits for happens (tasks
+queued for an endpoint, results stored in a task group). Each API process keeps ONE pub/sub
+connection, pattern-subscribed to every wake channel, and sets the events of the polls waiting
+on that channel. A poll reads without blocking, and waits on its event only when there was
+nothing to read: 10,000 idle agents cost 10,000 events, not 10,000 Redis connections.
+
+Nothing is lost if a wake-up is: a poll registers before it reads (so a wake-up between its
+read and its wait is kept), and reads again at least every ``RECHECK`` seconds anyway. When the
+pub/sub connection drops (Redis restarting, a failover), every poll is woken to read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from fedcompute.retry import Backoff
+
+from . import keys
+
+log = logging.getLogger(__name__)
+
+#: A waiting poll reads again at least this often, whatever it was told.
+RECHECK = 5.0
+
+Handler = Callable[[str, bytes], None]
+
+
+class Wakeups:
+    """The process's wake channel listener, started by the first poll."""
+
+    def __init__(self, client: redis.Redis, stopping: threading.Event):
+        self.redis = client
+        self.stopping = stopping
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._handlers: dict[str, Handler] = {}  # channel prefix -> handler(channel, data)
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._listen, daemon=True,
+                                                name="fedcompute-wakeups")
+                self._thread.start()
+
+    def on(self, prefix: str, handler: Handler) -> None:
+        """Call ``handler(channel, data)`` for messages on channels starting with ``prefix``
+        (the relay's dial requests travel this way)."""
+        self._handlers[prefix] = handler
+        self.start()
+
+    @contextmanager
+    def waiting(self, channel: str) -> Iterator[threading.Event]:
+        """An event set whenever ``channel`` is published to, from now until the block ends."""
+        self.start()
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(channel, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(channel)
+                if waiters is not None:
+                    waiters.discard(event)
+                    if not waiters:
+                        del self._waiters[channel]
+
+    def wake_all(self) -> None:
+        """Wake every waiting poll (the process stops, or wake-ups may have been missed)."""
+        with self._lock:
+            events = [e for waiters in self._waiters.values() for e in waiters]
+        for event in events:
+            event.set()
+
+    def poll(self, read: Callable[[], Any], channel: str, wait: float) -> Any:
+        """``read()`` until it returns something, ``wait`` seconds are over or we stop."""
+        deadline = time.monotonic() + wait
+        with self.waiting(channel) as event:
+            while True:
+                reply = read()
+                left = deadline - time.monotonic()
+                if reply or left <= 0 or self.stopping.is_set():
+                    return reply
+                event.wait(min(left, RECHECK))
+                event.clear()
+
+    def _listen(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while not self.stopping.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.psubscribe(keys.wake("*"))
+                self.connected.set()
+                backoff.reset()
+                # Whatever happened while we were not listening: everyone reads again.
+                self.wake_all()
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._deliver(message["channel"].decode(), message["data"])
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("wake-up channel lost (%s); reconnecting", exc)
+            finally:
+                self.connected.clear()
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - the connection is gone anyway
+                    pass
+            self.wake_all()
+            backoff.wait(self.stopping)
+
+    def _deliver(self, channel: str, data: bytes) -> None:
+        with self._lock:
+            events = list(self._waiters.get(channel, ()))
+        for event in events:
+            event.set()
+        for prefix, handler in list(self._handlers.items()):
+            if channel.startswith(prefix):
+                try:
+                    handler(channel, data)
+                except Exception:  # noqa: BLE001 - one bad handler must not stop the others
+                    log.exception("wake-up handler for %s failed", prefix)
