@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
-from fedcompute import Client
+from fedcompute import Client, process
 
 
 class LocalStack:
@@ -52,10 +52,11 @@ class LocalStack:
     def start_service(self, timeout: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "service.out", "ab")  # noqa: SIM115
-        self.service = subprocess.Popen(
+        # Dies with the test process, whatever kills it.
+        self.service = process.spawn(
             [sys.executable, "-m", "fedcompute.cli", "service", "start",
              "--port", str(self.port)],
-            env=self.env, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+            env=self.env, stdout=subprocess.PIPE, stderr=log)
         log.close()
         line = self.service.stdout.readline()
         if not line:
@@ -64,13 +65,8 @@ class LocalStack:
         self.port = int(self.service_url.rsplit(":", 1)[1])
 
     def stop_service(self) -> None:
-        if self.service and self.service.poll() is None:
-            self.service.send_signal(signal.SIGTERM)
-            try:
-                self.service.wait(60)
-            except subprocess.TimeoutExpired:
-                self.service.kill()
-                self.service.wait()
+        if self.service is not None:
+            process.stop(self.service, 60)
 
     def service_children(self) -> dict[str, int]:
         """PIDs of the API server (gunicorn master) and the RQ worker."""
@@ -116,9 +112,9 @@ class LocalStack:
         if token:
             env["FEDCOMPUTE_TOKEN"] = token
         log = open(directory / "endpoint.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
+        proc = process.spawn(
             [sys.executable, "-m", "fedcompute.endpoint.cli", "start", name, "--foreground"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
         while not (directory / "endpoint.ready").exists():
@@ -136,24 +132,8 @@ class LocalStack:
         proc = self.endpoints.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
-        if sig == signal.SIGKILL:
-            import psutil  # SIGKILL leaves Dask workers behind: end the whole process group
-
-            kids = psutil.Process(proc.pid).children(recursive=True)
-            proc.kill()
-            for kid in kids:
-                try:
-                    kid.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            proc.wait()
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # (Its Dask workers end with it, even on SIGKILL: distributed watches their parent.)
+        process.stop(proc, 90, sig)
 
     def endpoint_log(self, name: str = "local") -> str:
         return (self.home / "endpoints" / name / "endpoint.log").read_text()
@@ -170,3 +150,109 @@ class LocalStack:
         for name in list(self.endpoints):
             self.stop_endpoint(name)
         self.stop_service()
+
+
+class ScaledService:
+    """Several service instances over one Redis, behind haproxy (the production recipe's
+    ``deploy/haproxy/haproxy.cfg``), on 127.0.0.1: ``url`` is the proxy's. Endpoints and SDK
+    clients use it like any service (``stack`` is a :class:`LocalStack` pointed at it)."""
+
+    def __init__(self, home: Path, instances: int = 3, redis_url: str | None = None,
+                 env: dict | None = None, workers: int = 2):
+        self.home = Path(home)
+        self.count = instances
+        self.redis_url = redis_url
+        self.extra_env = env or {}
+        self.redis = None
+        self.instances: dict[int, subprocess.Popen] = {}
+        self.ports: dict[int, int] = {}
+        self.proxy: subprocess.Popen | None = None
+        self.url = ""
+        self.stack = LocalStack(self.home, workers=workers, env=self.extra_env)
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "FEDCOMPUTE_HOME": str(self.home), **self.extra_env}
+        env["FEDCOMPUTE_REDIS_URL"] = self.redis_url or ""
+        return env
+
+    def start(self) -> ScaledService:
+        from fedcompute.service.embedded import EmbeddedRedis, free_port
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.redis_url is None:
+            self.redis = EmbeddedRedis(self.home / "redis").start()
+            self.redis_url = self.redis.url
+        for i in range(1, self.count + 1):
+            self.ports[i] = free_port()
+            self.start_instance(i)
+        self.start_proxy(free_port())
+        self.stack.service_url = self.url
+        self.stack.token = self.create_user("alice")
+        return self
+
+    def start_instance(self, i: int, timeout: float = 60.0) -> None:
+        log = open(self.home / f"instance{i}.out", "ab")  # noqa: SIM115
+        proc = process.spawn(
+            [sys.executable, "-m", "fedcompute.cli", "service", "start", "--port",
+             str(self.ports[i]), "--redis-url", self.redis_url,
+             "--data-dir", str(self.home / f"instance{i}")],
+            env=self._env(), stdout=subprocess.PIPE, stderr=log)
+        log.close()
+        if not proc.stdout.readline():
+            raise RuntimeError(f"instance {i} did not start; see {self.home}/instance{i}.out")
+        self.instances[i] = proc
+
+    def kill_instance(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Kill instance ``i``'s supervisor (its API and RQ worker die with it)."""
+        proc = self.instances.pop(i)
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def start_proxy(self, port: int, timeout: float = 30.0) -> None:
+        import httpx
+
+        config = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
+        if not config.exists():  # an installed package: the recipe ships with the sources
+            raise RuntimeError(f"{config} not found: run from a source checkout")
+        env = {**os.environ, "FC_BIND": f"127.0.0.1:{port}",
+               **{f"FC_API{i}": f"127.0.0.1:{p}" for i, p in self.ports.items()}}
+        log = open(self.home / "haproxy.out", "ab")  # noqa: SIM115
+        self.proxy = process.spawn(["haproxy", "-db", "-f", str(config)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/version", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proxy.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"haproxy did not come up; see {self.home / 'haproxy.out'}")
+
+    def redis_client(self):
+        """A client of the instances' Redis (for tests that look inside)."""
+        from fedcompute.service.store.connection import connect
+
+        return connect(self.redis_url)
+
+    def create_user(self, name: str) -> str:
+        return self.stack.cli("user", "create", name, "--redis-url", self.redis_url,
+                              env=self._env())
+
+    def stop(self) -> None:
+        self.stack.down()
+        procs = list(self.instances.values()) + ([self.proxy] if self.proxy else [])
+        process.stop_all(procs, 60)
+        self.instances.clear()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def __enter__(self) -> ScaledService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -35,6 +35,16 @@ def run_client(url: str, token: str, endpoint: str, index: int, tasks: int,
     wrong = errors = 0
     with Executor(endpoint, client=client) as ex:
         sent: dict = {}
+        # Every record the result stream delivers, counted: one per task, never two.
+        delivered: Counter = Counter()
+        resolve = ex._results.resolve
+
+        def counting(record: dict) -> None:
+            with lock:
+                delivered[record["task_id"]] += 1
+            resolve(record)
+
+        ex._results.resolve = counting
 
         def done(future, t0):
             with lock:
@@ -56,7 +66,8 @@ def run_client(url: str, token: str, endpoint: str, index: int, tasks: int,
         group = str(ex.task_group_id)
     return {"client": index, "group": group, "began": began, "ended": time.time(),
             "latencies": latencies, "statuses": dict(statuses), "wrong": wrong,
-            "errors": errors}
+            "errors": errors, "delivered_twice": sum(1 for n in delivered.values() if n > 1),
+            "delivered": len(delivered)}
 
 
 def main() -> None:
