@@ -52,6 +52,9 @@ ROLES = ("owner", "any")
 @bp.get("")
 def list_endpoints():
     user = require_user(READ)
+    unknown = sorted(set(request.args) - {"role"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0][:40]!r}: use role")
     role = request.args.get("role", "any")
     if role not in ROLES:
         raise BadRequest(f"invalid role {role[:40]!r}: use one of {', '.join(ROLES)}")

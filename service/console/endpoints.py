@@ -20,7 +20,9 @@ def _view(record: dict) -> dict:
     queued, leased = fed().store.endpoint_counts(record["endpoint_id"])
     details = record.get("details") or {}
     versions = details.get("versions") if isinstance(details.get("versions"), dict) else {}
-    return {**record, "queued": queued, "leased": leased, "workers": details.get("workers"),
+    # An offline endpoint's last report says nothing about its workers now.
+    workers = details.get("workers") if record["status"] == "online" else None
+    return {**record, "queued": queued, "leased": leased, "workers": workers,
             "versions": versions,
             "other_details": {k: v for k, v in details.items() if k not in _SHOWN}}
 

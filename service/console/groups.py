@@ -114,6 +114,7 @@ def cancel_group(group: str) -> Response:
     user = session.require(SUBMIT)
     group = owned_group(group, user)
     store = fed().store
+
     def envelope(task_id: str) -> bytes:
         return packb(serialize.error_envelope(
             errors.TaskCancelled, f"task {task_id} was cancelled with its task group {group}"))

@@ -38,6 +38,8 @@ from ..scopes import READ, grants
 from . import bp
 
 COOKIE = "fc_console"
+#: The session cookie is sent only to the console's own URLs.
+COOKIE_PATH = "/console"
 LOGIN_COOKIE = "fc_console_login"
 #: A session unused this long ends (each request restarts the clock).
 IDLE_SECONDS = 8 * 3600
@@ -144,10 +146,11 @@ def _principal_fields(principal: Principal) -> dict[str, str]:
 
 
 def _principal(raw: dict[str, str]) -> Principal:
-    return Principal("user", raw["user"], frozenset(json.loads(raw.get("scopes") or "[]")),
-                     tuple(json.loads(raw.get("groups") or "[]")), raw.get("via") or "token",
-                     raw.get("issuer") or None,
-                     float(raw["expires"]) if raw.get("expires") else None)
+    return Principal(kind="user", name=raw["user"],
+                     scopes=frozenset(json.loads(raw.get("scopes") or "[]")),
+                     groups=tuple(json.loads(raw.get("groups") or "[]")),
+                     via=raw.get("via") or "token", issuer=raw.get("issuer") or None,
+                     expires=float(raw["expires"]) if raw.get("expires") else None)
 
 
 def _load() -> dict[str, Any] | None:
@@ -172,6 +175,13 @@ def _load() -> dict[str, Any] | None:
             return None
     return {"user": UserName(principal), "csrf": raw["csrf"], "token": raw.get("token", ""),
             "flash": raw.get("flash", ""), "key": key}
+
+
+def signed_in_user() -> UserName | None:
+    """The user of the request's console session cookie, or None: for other parts of the
+    service that accept a console session (its cookie reaches only :data:`COOKIE_PATH`)."""
+    session = _load()
+    return session["user"] if session else None
 
 
 def _same_origin() -> bool:
@@ -271,7 +281,7 @@ def login() -> Response:
                                         "csrf": secrets.token_urlsafe(32),
                                         "token": token_hash if known else ""}, _idle())
     response = redirect(_safe_next(request.form.get("next")), 303)
-    _set_cookie(response, COOKIE, sid, bp.url_prefix, "Lax")
+    _set_cookie(response, COOKIE, sid, COOKIE_PATH, "Lax")
     response.delete_cookie(LOGIN_COOKIE, path=url_for("console.login"))
     return response
 
@@ -280,7 +290,7 @@ def login() -> Response:
 def logout() -> Response:
     fed().store.delete_session(current()["key"])
     response = redirect(url_for("console.login_form"), 303)
-    response.delete_cookie(COOKIE, path=bp.url_prefix, httponly=True, samesite="Lax",
+    response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="Lax",
                            secure=over_tls())
     return response
 

@@ -42,6 +42,9 @@ class Registry:
         raw = self.redis.get(keys.relay_instance(instance_id))
         return raw.decode() if raw else None
 
+    def count_hop(self) -> None:
+        self.redis.incr(keys.relay_hops())
+
     # --- control connections -------------------------------------------------------------
 
     def set_control(self, endpoint_id: str, session: str, versions: dict) -> None:

@@ -154,6 +154,7 @@ def endpoint_comm(comm_id: str) -> Response:
     if client is None:
         raise ServiceUnavailable("this server cannot forward relayed connections")
     head = hop.request_head(request.path, request.environ, rel.registry.secret())
+    rel.registry.count_hop()
     try:
         hop.forward(client, address, head)
     except OSError as exc:

@@ -147,6 +147,11 @@ def relay_open(user: str | None = None) -> str:
     return f"{PREFIX}relay:open" + (f":{user}" if user else "")
 
 
+def relay_hops() -> str:
+    """counter of dial-backs forwarded between instances (for operators and tests)."""
+    return f"{PREFIX}relay:hops"
+
+
 def relay_secret() -> str:
     """string: what a relay hop between instances shows to be one (made by the first one)."""
     return f"{PREFIX}relay:secret"
@@ -176,8 +181,9 @@ TEMPLATES = {
 # --- web console (service/console) -------------------------------------------------------
 
 def console_session(session_hash: str) -> str:
-    """hash: user, csrf (the session's form secret), token (hash of the token signed in
-    with), created, flash; keyed by the SHA-256 of the session cookie, expires when idle."""
+    """hash: the principal signed in (user, scopes, groups, via, issuer, expires), csrf (the
+    session's form secret), token (hash of the static token signed in with, or ""), created,
+    flash; keyed by the SHA-256 of the session cookie; expires when idle."""
     return f"{PREFIX}console:session:{session_hash}"
 
 

@@ -195,8 +195,9 @@
       // Exact when the sample was the whole group, or nothing had finished when it was
       // taken (every point then came live, one per task).
       const exact = sample.exact || sample.finished === 0;
+      const total = sample.finished + liveCount;
       const text = exact
-        ? `All ${fmt(sample.finished + liveCount)} finished tasks`
+        ? (total ? `All ${fmt(total)} finished tasks` : "No task has finished yet")
         : `Estimated from ${fmt(sample.sampled)} of ${fmt(sample.size)} tasks sampled ` +
           `evenly (each finished one counts ×${sample.weight.toFixed(1)})` +
           (liveCount ? `, plus ${fmt(liveCount)} finished since` : "");
