@@ -219,6 +219,7 @@ class AgentConfig(Message):
     owner: str
     allowed_functions: list[str] | None = None
     heartbeat_interval: float
+    heartbeat_timeout: float = 30.0
     reclaimed: int = 0
 
 
@@ -229,6 +230,9 @@ class LeaseRequest(Message):
     cached_functions: list[str] = Field(default_factory=list, max_length=1024)
     recover: bool = Field(False, description="return the tasks already leased to this session "
                                              "instead of new ones (after a lost lease reply)")
+    status: dict[str, Any] | None = Field(
+        None, description="the agent's status, as a heartbeat carries it: a polling agent "
+                          "needs no separate heartbeats")
 
 
 class LeasedTask(Message):

@@ -73,7 +73,9 @@ class Agent:
                                            self._finished, self.status.mark,
                                            lambda: self.status.workers, self.stopping)
         self.poller = LeasePoller(self.api, config, self.ledger, self.functions,
-                                  self.dispatcher.dispatch, self.stopping)
+                                  self.dispatcher.dispatch, self.stopping,
+                                  status=lambda: self.status.status(fresh=False))
+        self.status.polling_since = lambda: self.poller.polling_since
         self.bridge = None
         self._threads: list[threading.Thread] = []
 
@@ -122,6 +124,7 @@ class Agent:
                 self.stopping.wait(delay)
                 continue
             self.status.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
+            self.status.heartbeat_timeout = float(reply.get("heartbeat_timeout", 30.0))
             log.info("connected as endpoint %s (session %s); %d earlier leases reclaimed",
                      self.endpoint_id, self.session, reply.get("reclaimed", 0))
             return

@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 class LeasePoller:
     def __init__(self, api: ServiceAPI, config: EndpointConfig, ledger: Ledger,
                  functions: FunctionCache, dispatch: Callable[[list[LeasedTask]], list],
-                 stopping: threading.Event):
+                 stopping: threading.Event, status: Callable[[], dict] | None = None):
         self.api = api
+        self.status = status
+        #: When the long-poll in flight was sent (monotonic), None when none is: the service
+        #: counts a poll as a heartbeat, so the heartbeat thread stays quiet meanwhile.
+        self.polling_since: float | None = None
         self.config = config
         self.ledger = ledger
         self.functions = functions
@@ -77,16 +81,22 @@ class LeasePoller:
         wait = 0 if self.stopping.is_set() or recover else self.config.lease_wait
         timeout = self.config.lease_wait + 30
         cached = self.functions.ids()[-1024:]
+        status = self.status() if self.status is not None else None
         if not wait:
-            return self.api.lease(max_tasks, 0, cached, recover=recover, timeout=timeout)
+            return self.api.lease(max_tasks, 0, cached, recover=recover, timeout=timeout,
+                                  status=status)
         done = threading.Event()
         outcome: list = []
 
         def poll() -> None:
+            self.polling_since = time.monotonic()
             try:
-                outcome.append((True, self.api.lease(max_tasks, wait, cached, timeout=timeout)))
+                outcome.append((True, self.api.lease(max_tasks, wait, cached, timeout=timeout,
+                                                     status=status)))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the lease loop
                 outcome.append((False, exc))
+            finally:
+                self.polling_since = None
             done.set()
 
         self._poll_done = done

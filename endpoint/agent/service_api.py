@@ -59,10 +59,12 @@ class ServiceAPI:
         return self.post("/connect", {"status": status, "versions": versions})
 
     def lease(self, max_tasks: int, wait: float, cached_functions: list[str],
-              recover: bool = False, timeout: float = 60.0) -> dict:
-        return self.post("/lease", {"max_tasks": max_tasks, "wait": wait,
-                                    "cached_functions": cached_functions, "recover": recover},
-                         timeout=timeout)
+              recover: bool = False, timeout: float = 60.0, status: dict | None = None) -> dict:
+        body = {"max_tasks": max_tasks, "wait": wait, "cached_functions": cached_functions,
+                "recover": recover}
+        if status is not None:
+            body["status"] = status
+        return self.post("/lease", body, timeout=timeout)
 
     def results(self, results: list[dict]) -> dict:
         return self.post("/results", {"results": results})

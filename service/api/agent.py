@@ -39,6 +39,7 @@ def connect():
     return reply({"endpoint_id": endpoint["endpoint_id"], "name": endpoint["name"],
                   "owner": endpoint["owner"], "allowed_functions": endpoint["allowed_functions"],
                   "heartbeat_interval": fed().settings.heartbeat_interval,
+                  "heartbeat_timeout": fed().settings.heartbeat_timeout,
                   "reclaimed": reclaimed})
 
 
@@ -59,7 +60,8 @@ def lease():
     store = fed().store
     wait = min(req.wait, fed().settings.max_lease_wait)
     try:
-        tasks = store.lease(endpoint_id, req.session, req.max_tasks, wait, recover=req.recover)
+        tasks = store.lease(endpoint_id, req.session, req.max_tasks, wait, recover=req.recover,
+                            status=req.status)
     except StaleSession as exc:
         raise Conflict("this agent session was replaced by a newer one; stop or reconnect") \
             from exc

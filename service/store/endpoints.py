@@ -107,4 +107,5 @@ class Endpoints:
         pipe.delete(keys.endpoint(endpoint_id), keys.queue(endpoint_id))
         pipe.srem(keys.user_endpoints(owner), endpoint_id)
         pipe.srem(keys.endpoints(), endpoint_id)
+        pipe.zrem(keys.endpoint_beats(), endpoint_id)
         pipe.execute()

@@ -62,6 +62,12 @@ def endpoints() -> str:
     return f"{PREFIX}endpoints"
 
 
+def endpoint_beats() -> str:
+    """sorted set: endpoint id -> its agent's last sign of life, for endpoints with a session;
+    maintenance reads only the silent end of it."""
+    return f"{PREFIX}endpoints:beats"
+
+
 def endpoint_tokens(endpoint_id: str) -> str:
     """set of an endpoint's credential hashes."""
     return f"{PREFIX}ep:{endpoint_id}:tokens"

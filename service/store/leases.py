@@ -42,21 +42,29 @@ class Leases:
 
     def connect_agent(self, endpoint_id: str, session: str, status: dict) -> int:
         """A new agent session: its predecessors' leases are reclaimed at once."""
-        self.redis.hset(keys.endpoint(endpoint_id), mapping={
-            "session": session, "last_heartbeat": time.time(), "status": json.dumps(status)})
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.endpoint(endpoint_id), mapping={
+            "session": session, "last_heartbeat": now, "status": json.dumps(status)})
+        pipe.zadd(keys.endpoint_beats(), {endpoint_id: now})
+        pipe.execute()
         return self.reclaim(endpoint_id, keep_session=session)[0]
+
+    def _touch(self, endpoint_id: str, session: str, status: dict | None) -> bool:
+        return bool(self.scripts.touch(
+            keys=[keys.endpoint(endpoint_id), keys.endpoint_beats()],
+            args=[session, time.time(), json.dumps(status) if status is not None else "",
+                  endpoint_id]))
 
     def heartbeat(self, endpoint_id: str, session: str, status: dict) -> bool:
         """Record liveness; False if this session has been replaced by a newer one."""
-        return bool(self.scripts.touch(keys=[keys.endpoint(endpoint_id)],
-                                       args=[session, time.time(), json.dumps(status)]))
+        return self._touch(endpoint_id, session, status)
 
-    def touch(self, endpoint_id: str, session: str) -> None:
+    def touch(self, endpoint_id: str, session: str, status: dict | None = None) -> None:
         """Any request of the endpoint's current agent session shows it is alive, like a
         heartbeat: a busy agent whose heartbeats lag must not have its leases reclaimed.
         Raises :class:`StaleSession` for a replaced session."""
-        if self.scripts.touch(keys=[keys.endpoint(endpoint_id)],
-                              args=[session, time.time()]) == 0:
+        if not self._touch(endpoint_id, session, status):
             raise StaleSession(session)
 
     def expire_session(self, endpoint_id: str, session: str, silent_before: float) -> bool:
@@ -67,13 +75,14 @@ class Leases:
     # --- leasing -----------------------------------------------------------------------
 
     def lease(self, endpoint_id: str, session: str, max_tasks: int, wait: float,
-              recover: bool = False) -> list[dict]:
+              recover: bool = False, status: dict | None = None) -> list[dict]:
         """Up to ``max_tasks`` new tasks for the session (blocking up to ``wait``), or with
         ``recover`` every task already leased to it: a lease whose reply was lost (the API
         process died, the request timed out) is still pending for this live session, and would
-        never be reclaimed. Raises :class:`StaleSession` if the session was replaced."""
+        never be reclaimed. Raises :class:`StaleSession` if the session was replaced.
+        A lease is a sign of life, with the agent's ``status`` if it sends one."""
         q = keys.queue(endpoint_id)
-        self.touch(endpoint_id, session)
+        self.touch(endpoint_id, session, status)
         if recover:
             entries = self._own_pending_entries(q, session)
         else:

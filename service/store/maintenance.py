@@ -21,19 +21,24 @@ class Maintenance:
         self.heartbeat_timeout = heartbeat_timeout
 
     def maintenance(self) -> dict:
-        """One round: returns how many endpoints were looked at, leases reclaimed and tasks
-        failed (lost their endpoint too often)."""
+        """One round: returns how many silent endpoints were looked at, leases reclaimed and
+        tasks failed (lost their endpoint too often). Only endpoints silent for longer than
+        the timeout are read (from the sign-of-life index), so a round costs nothing per live
+        or long-offline endpoint."""
         now = time.time()
         report = {"endpoints": 0, "reclaimed": 0, "failed": 0}
         redis = self.endpoints.redis
-        for eid in self.endpoints.all_endpoint_ids():
-            last, session = redis.hmget(keys.endpoint(eid), "last_heartbeat", "session")
+        silent_before = now - self.heartbeat_timeout
+        for raw in redis.zrangebyscore(keys.endpoint_beats(), "-inf", silent_before):
+            eid = raw.decode()
+            session = text(redis.hget(keys.endpoint(eid), "session")) or ""
             report["endpoints"] += 1
-            silent = last is None or now - float(last) > self.heartbeat_timeout
-            if silent and session and not self.leases.expire_session(
-                    eid, text(session), now - self.heartbeat_timeout):
+            if session and not self.leases.expire_session(eid, session, silent_before):
                 continue  # it spoke up meanwhile: look again at the next round
-            r, f = self.leases.reclaim(eid, keep_session=None if silent else text(session))
+            r, f = self.leases.reclaim(eid)
             report["reclaimed"] += r
             report["failed"] += f
+            # Out of the index until it speaks again (unless it just did).
+            self.leases.scripts.forget_silent(keys=[keys.endpoint_beats()],
+                                              args=[eid, silent_before])
         return report

@@ -108,7 +108,9 @@ class Wakeups:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._deliver(message["channel"].decode(), message["data"])
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever broke it, listen again
+                if self.stopping.is_set():
+                    return
                 log.warning("wake-up channel lost (%s); reconnecting", exc)
             finally:
                 self.connected.clear()

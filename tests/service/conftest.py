@@ -23,8 +23,8 @@ def store(valkey):
     store = Store(valkey.url, settings)
     store.redis.flushall()
     yield store
+    store.stop()
     store.redis.close()
-    store.blocking.close()
 
 
 def new_id() -> str:

@@ -172,11 +172,14 @@ def test_a_silent_session_loses_its_leases_to_maintenance(store, endpoint):
     store.connect_agent(endpoint, "session-a", {})
     store.lease(endpoint, "session-a", 10, 0)
     assert store.maintenance()["reclaimed"] == 0  # it spoke just now
+    # silent for a minute (the agent's last sign of life, and the index maintenance reads)
     store.redis.hset(keys.endpoint(endpoint), "last_heartbeat", time.time() - 60)
+    store.redis.zadd(keys.endpoint_beats(), {endpoint: time.time() - 60})
     report = store.maintenance()
     assert report["reclaimed"] == 3
     assert _states(store, ids) == ["waiting-for-endpoint"] * 3
     assert store.get_endpoint(endpoint)["session"] == ""
+    assert store.maintenance()["endpoints"] == 0  # out of the index until it speaks again
     # if it speaks up again (no other agent connected meanwhile) it resumes its session,
     # and gets the tasks again as new leases, an attempt counted
     leased = store.lease(endpoint, "session-a", 10, 0)
