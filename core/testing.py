@@ -19,9 +19,11 @@ from fedcompute import Client, process
 class LocalStack:
     """Start/stop/kill the parts of a stack rooted at ``home`` (its FEDCOMPUTE_HOME)."""
 
-    def __init__(self, home: Path, workers: int = 2, env: dict | None = None):
+    def __init__(self, home: Path, workers: int = 2, env: dict | None = None,
+                 api_workers: int = 1):
         self.home = Path(home)
         self.workers = workers
+        self.api_workers = api_workers
         self.extra_env = env or {}
         self.service: subprocess.Popen | None = None
         self.service_url = ""
@@ -55,7 +57,7 @@ class LocalStack:
         # Dies with the test process, whatever kills it.
         self.service = process.spawn(
             [sys.executable, "-m", "fedcompute.cli", "service", "start",
-             "--port", str(self.port)],
+             "--port", str(self.port), "--workers", str(self.api_workers)],
             env=self.env, stdout=subprocess.PIPE, stderr=log)
         log.close()
         line = self.service.stdout.readline()

@@ -66,6 +66,21 @@ def _finished_or_abandoned(job: Job, abandoned_after: float) -> bool:
     return (datetime.datetime.now(datetime.UTC) - since).total_seconds() > abandoned_after
 
 
+def _raise_file_limit() -> None:
+    """Each idle endpoint holds a connection: let the API (which inherits it) use as many
+    descriptors as the system allows this process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file descriptor limit: %s", exc)
+
+
 class Service:
     """The service's processes, supervised."""
 
@@ -123,6 +138,7 @@ class Service:
         """Start everything; :class:`fedcompute.process.AlreadyRunning` if a service already
         runs on this data folder."""
         self.lock.acquire()
+        _raise_file_limit()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if not self.redis_url:
