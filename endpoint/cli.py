@@ -105,6 +105,7 @@ def register(name: str) -> dict:
     with Client(creds.service_url, creds.token, verify=config.verify_tls) as client:
         reply = client.register_endpoint(name, (saved or {}).get("endpoint_id"),
                                          public=config.public, shared_with=config.shared_with,
+                                         shared_with_groups=config.shared_with_groups,
                                          allowed_functions=config.allowed_functions)
     save_credential(name, reply["endpoint_id"], reply["credential"], creds.service_url)
     return load_credential(name) or {}
@@ -247,6 +248,7 @@ def rotate_credential(ctx: click.Context, name: str, restart: bool) -> None:
         with Client(creds.service_url, creds.token, verify=config.verify_tls) as client:
             reply = client.register_endpoint(name, cred["endpoint_id"], public=config.public,
                                              shared_with=config.shared_with,
+                                             shared_with_groups=config.shared_with_groups,
                                              allowed_functions=config.allowed_functions)
     except Exception:
         if was_running:  # nothing changed: bring it back as it was

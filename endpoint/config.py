@@ -75,6 +75,9 @@ class EndpointConfig(BaseModel):
     allowed_functions: list[str] | None = None
     public: bool = False
     shared_with: list[str] = Field(default_factory=list)
+    shared_with_groups: list[str] | None = Field(
+        None, description="identity-provider groups whose members may use it (None: leave "
+                          "as set through the API)")
     drain_timeout: float = Field(10.0, ge=0, description="on stop, wait this long for tasks")
     lease_wait: float = Field(20.0, ge=0, le=30)
     result_batch: int = Field(2000, ge=1)

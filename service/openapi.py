@@ -108,6 +108,8 @@ def openapi_document() -> dict:
                                    ok=p.BatchAccepted, status="201", errors=("409",))},
         f"{V}/tasks/get": {"post": _op("Status and results of many tasks", body=p.TaskIds,
                                        ok=p.TaskRecords)},
+        f"{V}/auth/config": {"get": _op("How to sign in: OpenID Connect issuers and client ids",
+                                        auth="none", ok=obj)},
         f"{V}/tasks/cancel": {"post": _op("Cancel many tasks; their states afterwards",
                                           body=p.TaskIds, ok=obj)},
         f"{V}/tasks/{{task_id}}": {"get": _op("Status and result of a task", ok=p.TaskRecord,

@@ -13,6 +13,7 @@ from distributed import LocalCluster, Scheduler, SpecCluster
 
 from ..containers import container_worker_class
 from .base import DASK_CONFIG, Engine
+from .resources import worker_resources_arg
 
 OPTIONS = {"type", "workers", "threads_per_worker", "memory_limit", "dashboard",
            "dashboard_address", "resources", "mpi_launcher", "container_start_timeout"}
@@ -38,6 +39,9 @@ class LocalEngine(Engine):
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"unknown option {unknown[0]!r} for engine 'local' "
                              f"({hint}known: {', '.join(sorted(OPTIONS))})")
+        if options.get("resources") is not None:
+            # what every worker advertises: amounts only (worker_resources_arg's rule)
+            worker_resources_arg(options["resources"])
         super().__init__(options, workdir, container)
         self.n_workers = int(self.options.get("workers") or os.cpu_count() or 1)
 

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from fedcompute import Client, errors, serialize
+from fedcompute.oauth import RefreshingAuth
 
 #: States after which a task never changes again.
 FINAL_STATES = frozenset({"success", "failed", "cancelled"})
@@ -24,6 +25,24 @@ class ServiceSettings:
     token: str | None
     endpoint_id: str | None = None
     verify: bool | str = True
+    #: OpenID Connect: a refresh token and where to use it (the access token is refreshed).
+    refresh_token: str | None = None
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+
+    def client(self) -> Client:
+        """A :class:`fedcompute.Client` for these settings; with a refresh token, it refreshes
+        its access token by itself for as long as the task runs."""
+        if self.refresh_token:
+            if not (self.token_endpoint and self.client_id):
+                raise ValueError("a fedcompute connection with a refresh_token needs "
+                                 "token_endpoint and client_id in its extra")
+            auth = RefreshingAuth.from_refresh_token(
+                self.refresh_token, self.token_endpoint, self.client_id,
+                client_secret=self.client_secret, verify=self.verify)
+            return Client(self.service_url, auth=auth, verify=self.verify)
+        return Client(self.service_url, self.token, verify=self.verify)
 
 
 def settings_from_connection(conn: Any) -> ServiceSettings:
@@ -33,6 +52,10 @@ def settings_from_connection(conn: Any) -> ServiceSettings:
     connection's ``schema`` field when it is ``http``/``https``, or ``extra["scheme"]``, else
     ``https``. ``extra`` may hold ``endpoint_id`` (the default endpoint) and ``verify`` (false or
     a CA bundle path). Keys written by the UI form (``extra__fedcompute__endpoint_id``) work too.
+
+    For an OpenID Connect identity, ``extra`` holds ``refresh_token``, ``token_endpoint`` and
+    ``client_id`` (and ``client_secret`` for a confidential client) instead of a password.
+    With neither, the SDK's own login is used (``fedcompute login --oidc`` refreshes too).
     """
     extra = dict(conn.extra_dejson or {})
     for key in list(extra):  # the connection form prefixes custom fields
@@ -54,7 +77,10 @@ def settings_from_connection(conn: Any) -> ServiceSettings:
     verify = extra.get("verify", True)
     if isinstance(verify, str) and verify.lower() in ("false", "0", "no"):
         verify = False
-    return ServiceSettings(url, conn.password or None, extra.get("endpoint_id") or None, verify)
+    return ServiceSettings(url, conn.password or None, extra.get("endpoint_id") or None, verify,
+                           extra.get("refresh_token") or None,
+                           extra.get("token_endpoint") or None, extra.get("client_id") or None,
+                           extra.get("client_secret") or None)
 
 
 class FederatedComputeHook(BaseHook):
@@ -96,8 +122,7 @@ class FederatedComputeHook(BaseHook):
     def get_conn(self) -> Client:
         """A :class:`fedcompute.Client` for the connection (one per hook)."""
         if self._client is None:
-            s = self.settings
-            self._client = Client(s.service_url, s.token, verify=s.verify)
+            self._client = self.settings.client()
         return self._client
 
     @property

@@ -19,6 +19,7 @@ from distributed.security import Security
 from distributed.utils import Log, Logs
 from fedcompute import errors
 
+from . import _compat
 from .comm import fed_address
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class RemoteAdaptive:
     def __init__(self, cluster: FederatedCluster, options: dict):
         self.cluster = cluster
         self.options = options
-        self.periodic_callback = True  # what Cluster._scaling_status looks at
+        self.periodic_callback = True  # Dask's "is adaptivity on" flag of an Adaptive
 
     def stop(self) -> Any:
         """Turn adaptive scaling off at the endpoint (workers stay as they are)."""
@@ -78,7 +79,7 @@ class RemoteAdaptive:
         return f"<RemoteAdaptive {self.options}>"
 
 
-class FederatedCluster(Cluster):
+class FederatedCluster(_compat.ClusterHooks, Cluster):
     """The Dask cluster of a fedcompute endpoint, reached through the service's relay.
 
     ``endpoint_id``: the endpoint (yours or shared with you). ``client``: a
@@ -122,8 +123,9 @@ class FederatedCluster(Cluster):
         self.endpoint_info: dict = {}
         self.bridge_info: dict = {}
         self._address = fed_address(client.service_url, endpoint_id)
-        bearer = getattr(client, "token", None) or client._token
-        extra: dict[str, Any] = {"headers": {"Authorization": f"Bearer {bearer}"}}
+        # A callable, not the token: each comm (and each reconnect) takes a fresh one, so a
+        # long session outlives a short-lived OpenID Connect access token.
+        extra: dict[str, Any] = {"token": lambda: client.token}
         if self._address.startswith("feds://") and verify is not True:
             from ssl import CERT_NONE, create_default_context
 
@@ -138,11 +140,11 @@ class FederatedCluster(Cluster):
         super().__init__(asynchronous=asynchronous, loop=loop, quiet=True,
                          name=name or f"fed-{endpoint_id[:8]}")
         if not self.called_from_running_loop:
-            self._loop_runner.start()
+            _compat.start_loop(self)
             try:
-                self.sync(self._start)
+                self.sync(self.start_remote)
             except BaseException:
-                self._loop_runner.stop()
+                _compat.stop_loop(self)
                 raise
 
     # --- start / stop ------------------------------------------------------------------
@@ -150,7 +152,7 @@ class FederatedCluster(Cluster):
     def __await__(self):
         async def _() -> FederatedCluster:
             if self.status == Status.created:
-                await self._start()
+                await self.start_remote()
             return self
 
         return _().__await__()
@@ -159,7 +161,8 @@ class FederatedCluster(Cluster):
         """Ask the service whether we may use the endpoint and whether its bridge is up."""
         return self.fed_client.request("GET", f"/endpoints/{self.endpoint_id}/dask/info")
 
-    async def _start(self) -> None:
+    async def start_remote(self) -> None:
+        """Connect to the endpoint's scheduler through the service (``Cluster._start``)."""
         while self.status == Status.starting:
             await asyncio.sleep(0.01)
         if self.status != Status.created:
@@ -216,7 +219,7 @@ class FederatedCluster(Cluster):
             message = (f"endpoint {self.endpoint_id} restarted: its Dask scheduler is new, so "
                        "futures and data from before are gone; submit the work again")
             logger.warning(message)
-            self._log(message)
+            _compat.manager_log(self, message)
         self._scheduler_id = scheduler_id
 
     async def _poll(self) -> None:
@@ -227,7 +230,8 @@ class FederatedCluster(Cluster):
             except OSError as exc:
                 logger.debug("cannot refresh %s: %s", self._address, exc)
 
-    async def _close(self) -> None:
+    async def close_remote(self) -> None:
+        """Drop the connection; undo remote scaling with ``shutdown_on_close`` (``_close``)."""
         if self.status == Status.closed:
             return
         was_running = self.status == Status.running
@@ -251,7 +255,7 @@ class FederatedCluster(Cluster):
         """Drop this connection; the endpoint's cluster keeps running (see the class doc)."""
         result = super().close(timeout)
         if not self.asynchronous:
-            self._loop_runner.stop()
+            _compat.stop_loop(self)
         return result
 
     # --- scaling (at the endpoint) -----------------------------------------------------
@@ -259,7 +263,7 @@ class FederatedCluster(Cluster):
     def scale(self, n: int = 0, memory: str | None = None, cores: int | None = None) -> Any:
         """Ask the endpoint for ``n`` workers (or enough for ``memory``/``cores``); turns off
         adaptive scaling. The endpoint may cap the number."""
-        self._adaptive = None
+        _compat.set_adaptive(self, None)
         return self.sync(self._scale, n, memory, cores)
 
     async def _scale(self, n: int, memory: str | None, cores: int | None) -> dict:
@@ -276,13 +280,15 @@ class FederatedCluster(Cluster):
 
     async def _adapt(self, options: dict) -> RemoteAdaptive:
         reply = await self.scheduler_comm.fedcompute_adapt(**options)
-        self._adaptive = RemoteAdaptive(self, reply.get("options", options))
-        return self._adaptive
+        adaptive = RemoteAdaptive(self, reply.get("options", options))
+        _compat.set_adaptive(self, adaptive)
+        return adaptive
 
     async def _adapt_stop(self) -> None:
         await self.scheduler_comm.fedcompute_adapt_stop()
 
-    def _scaling_status(self) -> str:
+    def scaling_status_html(self) -> str:
+        """The "Scaling mode / Workers" table of the cluster's HTML view."""
         mode = "Adaptive" if self.bridge_info.get("adaptive") else "Manual"
         workers = len(self.scheduler_info["workers"])
         requested = self.bridge_info.get("requested_workers", workers)
@@ -292,12 +298,13 @@ class FederatedCluster(Cluster):
 
     # --- logs, links ---------------------------------------------------------------------
 
-    async def _get_logs(self, cluster: bool = True, scheduler: bool = True,
-                        workers: Any = True) -> Logs:
+    async def fetch_logs(self, cluster: bool = True, scheduler: bool = True,
+                         workers: Any = True) -> Logs:
+        """The endpoint's cluster-manager, scheduler and worker logs (``get_logs``)."""
         logs = Logs()
         if cluster:
             lines = await self.scheduler_comm.fedcompute_cluster_logs()
-            local = [line for _, line in self._cluster_manager_logs]
+            local = _compat.manager_log_lines(self)
             logs["Cluster"] = Log("\n".join(list(lines) + local))
         if scheduler:
             lines = await self.scheduler_comm.get_logs()

@@ -9,12 +9,15 @@ scheduler. The backend is client-only: nothing listens on a ``fed://`` address.
 
 Registered through the ``distributed.comm.backends`` entry point, so ``Client("fed://...")``
 works once ``fedcompute[dask]`` is installed. The token comes from the connection's
-``extra_conn_args["headers"]`` (``FederatedCluster`` sets it through its ``security``), else from
-``FEDCOMPUTE_TOKEN`` or the ``fedcompute login`` file when that names the same service.
+``extra_conn_args``: ``"token"``, a callable asked for a fresh token at every connect
+(``FederatedCluster`` sets it through its ``security``, so reconnects outlive short-lived
+OpenID Connect access tokens), or ``"headers"``; else from ``FEDCOMPUTE_TOKEN`` or the
+``fedcompute login`` file when that names the same service (an OIDC login is refreshed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -70,6 +73,13 @@ def _saved_token(service_base: str, secure: bool) -> str | None:
     if path.exists():
         saved = json.loads(path.read_text())
         if (saved.get("service_url") or "").rstrip("/") == url:
+            if isinstance(saved.get("oauth"), dict):
+                from fedcompute.config import FileTokenStore
+                from fedcompute.oauth import OAuthSession, RefreshingAuth
+
+                auth = RefreshingAuth(OAuthSession.from_dict(saved["oauth"]),
+                                      FileTokenStore(url))
+                return auth.token()
             return saved.get("token")
     return None
 
@@ -151,8 +161,15 @@ class FedConnector(Connector):
         secure = self.ws_scheme == "wss"
         kwargs = dict(connection_args.get("extra_conn_args") or {})
         headers = dict(kwargs.pop("headers", None) or {})
+        source = kwargs.pop("token", None)
+        if source is not None:
+            # Asked at every connect: a refresh (an HTTP call) must not stall the event loop.
+            token = await asyncio.get_running_loop().run_in_executor(None, source) \
+                if callable(source) else source
+            headers["Authorization"] = f"Bearer {token}"
         if not any(k.lower() == "authorization" for k in headers):
-            token = _saved_token(base, secure)
+            token = await asyncio.get_running_loop().run_in_executor(
+                None, _saved_token, base, secure)
             if not token:
                 raise FatalCommClosedError(
                     f"{self.prefix}{address}: no fedcompute token; use FederatedCluster(...) or set "

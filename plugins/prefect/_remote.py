@@ -18,6 +18,7 @@ each line into the Prefect task run's logs with its level and remote timestamp:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import io
 import logging
@@ -27,6 +28,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedcompute import serialize
@@ -151,9 +153,9 @@ def _install_prefect_sink() -> None:
     global _sink_installed
     if _sink_installed:
         return
-    from prefect.logging import handlers
+    from . import _compat
 
-    previous = handlers._api_log_sink
+    previous = _compat.api_log_sink()
 
     def sink(log: dict) -> None:
         task_run_id = log.get("task_run_id")
@@ -162,9 +164,9 @@ def _install_prefect_sink() -> None:
         if previous is not None:
             previous(log)
         else:
-            handlers.APILogWorker.instance().send(log)
+            _compat.send_to_api_log_worker(log)
 
-    handlers.set_api_log_sink(sink)
+    _compat.set_api_log_sink(sink)
     _sink_installed = True
 
 
@@ -251,71 +253,172 @@ class _Capture:
                 _saved_root_level = None
 
 
+# --- what a body may do besides computing: nested submission ----------------------------------
+
+
+@dataclass
+class BodyScope:
+    """What a running remote body carries for tasks it submits itself (nested submission).
+
+    ``auth``: the submitting runner's service URL and token (``None``: nested submission is
+    off for that runner). ``nested``: how to build the runner for nested submissions in the
+    default mode (endpoint, options, the flow run's serialized context). ``seceded``: whether
+    this body gave its Dask worker slot back while it waits for the tasks it submitted.
+    """
+
+    auth: dict | None = None
+    nested: dict | None = None
+    seceded: bool = False
+    runners: list = field(default_factory=list)
+
+
+_scope: contextvars.ContextVar[BodyScope | None] = contextvars.ContextVar(
+    "fedcompute_prefect_body", default=None)
+
+
+def current_scope() -> BodyScope | None:
+    """The scope of the remote body running in this thread (None outside one)."""
+    return _scope.get()
+
+
+def leave_worker_slot(scope: BodyScope) -> None:
+    """Give this body's Dask worker thread slot back (``distributed.secede``) while it waits
+    for tasks it submitted: otherwise every nesting level holds a slot and a deep recursion
+    deadlocks once they are all taken. Rejoined when the body ends."""
+    if scope.seceded:
+        return
+    try:
+        from distributed import secede
+
+        secede()
+    except Exception:  # noqa: BLE001 - not in a Dask task (tests, other executors): nothing to free
+        return
+    scope.seceded = True
+
+
+def _return_worker_slot(scope: BodyScope) -> None:
+    if scope.seceded:
+        from distributed import rejoin
+
+        scope.seceded = False
+        rejoin()
+
+
 # --- a minimal Prefect run context -------------------------------------------------------
 
-def _prefect_context(meta: dict, fn: Callable, args: tuple, kwargs: dict) -> Any:
-    """A ``TaskRunContext`` carrying what ``get_run_logger()`` and ``prefect.runtime.task_run``
-    read (ids, names, run count, parameters, tags), or ``None`` without Prefect here.
 
-    It has no API client and no result store: a body that calls other tasks or flows needs
-    ``FederatedTaskRunner(remote_engine=True)``.
+class _TaskInfo:
+    """What a ``TaskRunContext.task`` offers the body (name, fn, tags, ...) without the real
+    ``Task`` object, which stays with the flow."""
+
+    def __init__(self, meta: dict, fn: Callable):
+        self.name = meta["task_name"]
+        self.fn = fn
+        self.tags = set(meta.get("task_tags", ()))
+        self.task_key = meta.get("task_key", "")
+        self.version = meta.get("task_version")
+        self.isasync = inspect.iscoroutinefunction(fn)
+        self.retries = meta.get("retries", 0)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name!r} (remote body)>"
+
+
+def _prefect_contexts(meta: dict, fn: Callable, args: tuple, kwargs: dict,
+                      scope: BodyScope) -> list:
+    """The run contexts a Prefect task body sees, rebuilt from ``meta`` without the Prefect
+    API: a ``TaskRunContext`` (ids, names, run count, parameters, tags: what
+    ``get_run_context()``, ``get_run_logger()`` and ``prefect.runtime`` read), the tags
+    context, and a flow run context whose task runner submits nested tasks through the
+    service. Empty without Prefect here.
     """
     # Only when the body's module already brought Prefect in (unpickling a function that uses
     # ``get_run_logger`` imports it): plain functions do not pay Prefect's import time.
     if not meta or "prefect" not in sys.modules:
-        return None
-    from prefect.client.schemas.objects import TaskRun
-    from prefect.context import TaskRunContext
+        return []
+    from prefect.client.schemas.objects import FlowRun, TaskRun
+    from prefect.context import FlowRunContext, TagsContext, TaskRunContext
 
     _install_prefect_sink()
     try:
         parameters = dict(inspect.signature(fn).bind_partial(*args, **kwargs).arguments)
     except (TypeError, ValueError):
         parameters = {}
+    flow_run_id = uuid.UUID(meta["flow_run_id"]) if meta.get("flow_run_id") else None
     task_run = TaskRun.model_construct(
-        id=uuid.UUID(meta["task_run_id"]), name=meta["task_run_name"],
-        flow_run_id=uuid.UUID(meta["flow_run_id"]) if meta.get("flow_run_id") else None,
+        id=uuid.UUID(meta["task_run_id"]), name=meta["task_run_name"], flow_run_id=flow_run_id,
         task_key=meta.get("task_key", ""), dynamic_key=meta.get("dynamic_key", ""),
         run_count=meta.get("run_count", 1), tags=list(meta.get("tags", ())),
         task_inputs={}, empirical_policy=None, state=None,
     )
-    task = types.SimpleNamespace(name=meta["task_name"], fn=fn, tags=set(meta.get("tags", ())),
-                                 isasync=inspect.iscoroutinefunction(fn))
-    return TaskRunContext.model_construct(
-        task=task, task_run=task_run, parameters=parameters, log_prints=False,
+    contexts: list = [TagsContext.model_construct(current_tags=set(meta.get("current_tags",
+                                                                            ())))]
+    if scope.nested is not None and flow_run_id is not None:
+        from .nested import NestedTaskRunner
+
+        runner = NestedTaskRunner(scope, parameters)
+        scope.runners.append(runner)
+        contexts.append(FlowRunContext.model_construct(
+            flow=None, flow_run=FlowRun.model_construct(id=flow_run_id,
+                                                        name=meta.get("flow_run_name", "")),
+            task_runner=runner, parameters=scope.nested.get("flow_parameters") or {},
+            result_store=None, detached=True, log_prints=False,
+        ))
+    contexts.append(TaskRunContext.model_construct(
+        task=_TaskInfo(meta, fn), task_run=task_run, parameters=parameters, log_prints=False,
         client=None, result_store=None, persist_result=False, input_keyset=None,
-    )
+    ))
+    return contexts
 
 
 # --- the bodies ----------------------------------------------------------------------------
 
 
 class TaskBody:
-    """The remote function of one Prefect task: runs ``fn`` with output capture.
+    """The remote function of one Prefect task: runs ``fn`` with output capture and the task
+    run's context.
 
-    One instance per task function, so that fedcompute registers it once (the SDK caches
-    function ids per object and per content).
+    One instance per task function and runner (and so per flow run: ``nested`` holds the flow
+    run's serialized context, for tasks the body submits), so that fedcompute registers it
+    once rather than sending the function with every call.
     """
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, nested: dict | None = None):
         self.fn = fn
+        self.nested = nested
         self.__name__ = getattr(fn, "__name__", "task")
         self.__doc__ = getattr(fn, "__doc__", None)
 
-    def __call__(self, meta: dict, args: tuple, kwargs: dict, level: int = logging.INFO) -> tuple:
+    def __call__(self, meta: dict, args: tuple, kwargs: dict, level: int = logging.INFO,
+                 auth: dict | None = None) -> tuple:
         cap = _Capture(level, meta.get("task_run_id") if meta else None)
+        scope = BodyScope(auth=auth, nested=self.nested)
         try:
             with cap:
-                ctx = _prefect_context(meta, self.fn, args, kwargs)
-                if ctx is not None:
-                    with ctx:
-                        value = self._call(args, kwargs)
-                else:
-                    value = self._call(args, kwargs)
+                value = contextvars.copy_context().run(self._run, scope, meta, args, kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back with its output
             exc.__traceback__ = _user_frames(exc.__traceback__)
             raise RemoteTaskError(serialize.pack_exception(exc), cap.finish()) from None
         return value, cap.finish()
+
+    def _run(self, scope: BodyScope, meta: dict, args: tuple, kwargs: dict) -> Any:
+        token = _scope.set(scope)
+        contexts = _prefect_contexts(meta, self.fn, args, kwargs, scope)
+        try:
+            for ctx in contexts:
+                ctx.__enter__()
+            try:
+                value = self._call(args, kwargs)
+            finally:
+                # Like a flow: tasks the body submitted run to completion before it returns.
+                for runner in scope.runners:
+                    runner.finish()
+        finally:
+            for ctx in reversed(contexts):
+                ctx.__exit__(None, None, None)
+            _scope.reset(token)
+            _return_worker_slot(scope)
+        return value
 
     def _call(self, args: tuple, kwargs: dict) -> Any:
         result = self.fn(*args, **kwargs)
@@ -341,7 +444,9 @@ class EngineBody:
     retries, caching, result persistence) runs on the endpoint, which must reach the Prefect API.
 
     Holds the task and the flow run's serialized context, so that both are registered with
-    fedcompute once per task and runner rather than sent with every call.
+    fedcompute once per task and runner rather than sent with every call. Returns the run's
+    final state, also when the body raised ``KeyboardInterrupt``/``SystemExit`` (the run is
+    then ``Crashed``, as Prefect records it).
     """
 
     def __init__(self, task: Any, context: dict):
@@ -350,15 +455,53 @@ class EngineBody:
         self.__name__ = f"prefect-engine:{getattr(task, 'name', 'task')}"
 
     def __call__(self, task_run_id: Any, parameters: dict, wait_for: Any,
-                 dependencies: Any) -> Any:
+                 dependencies: Any, auth: dict | None = None,
+                 asset_context: dict | None = None) -> Any:
         from prefect.context import hydrated_context
-        from prefect.task_engine import run_task_async, run_task_sync
 
-        kwargs = dict(task=self.task, task_run_id=task_run_id, parameters=parameters,
-                      wait_for=wait_for, return_type="state", dependencies=dependencies)
-        with hydrated_context(self.context):
-            if self.task.isasync:
-                state = asyncio.run(run_task_async(**kwargs))
-            else:
-                state = run_task_sync(**kwargs)
-        return state
+        scope = BodyScope(auth=auth)
+        token = _scope.set(scope)
+        context = {**self.context, "asset_context": asset_context} if asset_context else \
+            self.context
+        try:
+            with hydrated_context(context):
+                if self.task.isasync:
+                    return asyncio.run(self._run_async(task_run_id, parameters, wait_for,
+                                                       dependencies))
+                return self._run_sync(task_run_id, parameters, wait_for, dependencies)
+        finally:
+            _scope.reset(token)
+            _return_worker_slot(scope)
+
+    def _run_sync(self, task_run_id: Any, parameters: dict, wait_for: Any,
+                  dependencies: Any) -> Any:
+        from prefect.task_engine import SyncTaskRunEngine
+
+        from ._compat import run_engine_sync
+
+        engine = SyncTaskRunEngine(task=self.task, parameters=parameters, wait_for=wait_for)
+        try:
+            return run_engine_sync(engine, task_run_id, dependencies)
+        except (KeyboardInterrupt, SystemExit):
+            return _crashed(engine)
+
+    async def _run_async(self, task_run_id: Any, parameters: dict, wait_for: Any,
+                         dependencies: Any) -> Any:
+        from prefect.task_engine import AsyncTaskRunEngine
+
+        from ._compat import run_engine
+
+        engine = AsyncTaskRunEngine(task=self.task, parameters=parameters, wait_for=wait_for)
+        try:
+            return await run_engine(engine, task_run_id, dependencies)
+        except (KeyboardInterrupt, SystemExit):
+            return _crashed(engine)
+
+
+def _crashed(engine: Any) -> Any:
+    """The state of an engine whose body raised KeyboardInterrupt/SystemExit: the engine has
+    recorded the crash; the exception itself must not reach the flow's event loop."""
+    state = engine.state
+    if state is None or not state.is_crashed():
+        raise RuntimeError("the task engine did not record the crash")  # pragma: no cover
+    return state

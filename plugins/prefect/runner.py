@@ -14,6 +14,14 @@ this loop, the Executor's submit and result threads, and Prefect's own service t
 
 ``remote_engine=True`` runs the whole Prefect engine on the endpoint instead (like
 prefect-dask's workers do); the endpoint must then reach the Prefect API.
+
+Nested submission. A remote body that submits tasks (``my_task.submit()`` inside a task) finds
+a flow run context whose task runner is a ``nested.NestedTaskRunner``: the nested tasks go
+through the service to the same endpoint under the submitting runner's identity (the body is
+given the runner's service URL and token with each call; ``nested_submission=False`` keeps the
+token at home). Their Prefect engines run where the body runs, so that case needs the Prefect
+API at the endpoint. A body waiting for tasks it submitted gives its Dask worker slot back
+(``distributed.secede``) so that deep recursions do not deadlock.
 """
 
 from __future__ import annotations
@@ -26,67 +34,96 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from contextvars import Context, copy_context
+from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 from fedcompute import Client, ComputeFuture, Executor, serialize
-from fedcompute.errors import TaskCancelled, TaskExecutionFailed
-from prefect._internal.uuid7 import uuid7
+from fedcompute.errors import SerializationError, TaskCancelled, TaskExecutionFailed
 from prefect.client.schemas.objects import RunInput
-from prefect.context import AsyncClientContext, FlowRunContext, serialize_context
+from prefect.context import (
+    AssetContext,
+    AsyncClientContext,
+    FlowRunContext,
+    TagsContext,
+    serialize_context,
+)
 from prefect.exceptions import UpstreamTaskError
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture, PrefectFutureList
 from prefect.logging.loggers import get_run_logger
+from prefect.states import State, exception_to_crashed_state
 from prefect.task_engine import AsyncTaskRunEngine
 from prefect.task_runners import TaskRunner
 from prefect.utilities.callables import parameters_to_args_kwargs
 from prefect.utilities.collections import visit_collection
 from prefect.utilities.engine import collect_task_run_inputs_sync, resolve_inputs_sync
 
-from ._remote import EngineBody, Event, RemoteTaskError, TaskBody
+from . import _compat
+from ._remote import EngineBody, Event, RemoteTaskError, TaskBody, current_scope
+from ._remote import leave_worker_slot as _leave_worker_slot
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-__all__ = ["FederatedTaskRunner"]
+__all__ = ["FederatedFuture", "FederatedTaskRunner"]
 
 
-class _FederatedEngine(AsyncTaskRunEngine):
-    """Prefect's async task engine, except that the function body runs on the endpoint."""
+async def _call_body(engine: AsyncTaskRunEngine, parameters: dict[str, Any]) -> Any:
+    return await engine.runner._call_remote(engine, parameters)  # type: ignore[attr-defined]
 
-    runner: FederatedTaskRunner
 
-    async def call_task_fn(self, transaction: Any) -> Any:
-        # Same as AsyncTaskRunEngine.call_task_fn, with the body's call replaced.
-        parameters = self.parameters or {}
-        if transaction.is_committed():
-            result = await transaction.read()
-        else:
-            result = await self.runner._call_remote(self, parameters)
-        await self.handle_success(result, transaction=transaction)
-        return result
+#: Prefect's async task engine, except that the function body runs on the endpoint.
+_FederatedEngine = _compat.engine_with_body(_call_body)
 
 
 async def _run_engine(runner: FederatedTaskRunner, task: Task, task_run_id: uuid.UUID,
                       parameters: dict[str, Any], wait_for: Iterable[PrefectFuture] | None,
                       dependencies: dict[str, set[RunInput]] | None,
                       context: dict[str, Any]) -> Any:
-    """``prefect.task_engine.run_task_async`` with :class:`_FederatedEngine`."""
-    from prefect._flow_run_suspension import raise_if_flow_run_suspension_requested
+    """``prefect.task_engine.run_task_async`` with :data:`_FederatedEngine`; its final state.
 
+    A body that raised ``KeyboardInterrupt``/``SystemExit`` on the endpoint crashes its task
+    run (Prefect's engine records ``Crashed``), and the state comes back like any other: the
+    exception never reaches the runner's event loop, whose thread it would end.
+    """
     engine = _FederatedEngine(task=task, parameters=parameters, wait_for=wait_for,
                               context=context)
     engine.runner = runner
-    async with engine.start(task_run_id=task_run_id, dependencies=dependencies):
-        while engine.is_running():
-            await engine.wait_until_ready()
-            async with (
-                engine.asset_context(),
-                engine.run_context(),
-                engine.transaction_context() as txn,
-            ):
-                await engine.call_task_fn(txn)
-            raise_if_flow_run_suspension_requested()
-    return engine.state
+    try:
+        return await _compat.run_engine(engine, task_run_id, dependencies)
+    except asyncio.CancelledError:
+        raise  # this runner cancelled it (interrupted flow, timeout): the run ended Crashed
+    except BaseException:
+        if engine.state is not None and engine.state.is_crashed():
+            return engine.state
+        raise
+
+
+class _Escaped(Exception):
+    """Carries a ``KeyboardInterrupt``/``SystemExit`` out of a loop task without it ending the
+    loop (asyncio re-raises those two out of ``run_forever``)."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+async def _contained(coro: Coroutine) -> Any:
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Escaped(exc) from None
+
+
+class FederatedFuture(PrefectConcurrentFuture):
+    """A ``PrefectConcurrentFuture`` whose ``state``, once the run is over, is the final state
+    the runner got with the result: never a lagging read from the Prefect API."""
+
+    @property
+    def state(self) -> State:
+        if self.wrapped_future.done() and not self.wrapped_future.cancelled() \
+                and self.wrapped_future.exception() is None:
+            self.wait(0)
+        return super().state
 
 
 def _level(level: int | str) -> int:
@@ -123,6 +160,10 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         resource_specification: passed to the endpoint with every task (e.g. cores, walltime).
         remote_log_level: lowest level of remote ``logging`` records sent to the task run's logs.
         batch_size: most tasks per submission request.
+        nested_submission: give each remote body this runner's service URL and token, so that
+            tasks it submits itself go through the service to the same endpoint. The token
+            then reaches the endpoint (as task arguments, never in a pickled runner): turn it
+            off for an endpoint whose owner you would not trust with it.
 
     Example::
 
@@ -133,7 +174,8 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
 
     def __init__(self, endpoint_id: str, client: Client | None = None, *,
                  remote_engine: bool = False, resource_specification: dict | None = None,
-                 remote_log_level: int | str = logging.INFO, batch_size: int = 2000):
+                 remote_log_level: int | str = logging.INFO, batch_size: int = 2000,
+                 nested_submission: bool = True):
         super().__init__()
         if not endpoint_id:
             raise ValueError("FederatedTaskRunner needs an endpoint_id")
@@ -142,6 +184,7 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.resource_specification = resource_specification
         self.remote_log_level = _level(remote_log_level)
         self.batch_size = batch_size
+        self.nested_submission = bool(nested_submission)
         self._client = client
         self._service_url = client.service_url if client is not None else None
         self._reset()
@@ -162,13 +205,16 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._task_bodies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._engine_bodies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._serialized_context: dict[str, Any] | None = None
+        self._nested: dict[str, Any] | None = None
+        self._registered: set[int] = set()
 
     # --- configuration ---------------------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
         return {"endpoint_id": self.endpoint_id, "remote_engine": self.remote_engine,
                 "resource_specification": self.resource_specification,
-                "remote_log_level": self.remote_log_level, "batch_size": self.batch_size}
+                "remote_log_level": self.remote_log_level, "batch_size": self.batch_size,
+                "nested_submission": self.nested_submission}
 
     def duplicate(self) -> Self:
         """A new, unstarted runner with the same configuration and client."""
@@ -211,9 +257,7 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             if self._loop is not None:
                 return
-            client = self._client
-            if client is None:
-                client = self._own_client = Client(self._service_url)
+            client = self._make_client()
             self._executor = Executor(self.endpoint_id, client=client,
                                       batch_size=self.batch_size,
                                       resource_specification=self.resource_specification)
@@ -229,13 +273,40 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             # One Prefect client for every task engine on this loop (AsyncClientContext reuses a
             # context whose client belongs to the running loop), opened in the caller's
             # contextvars so that it sees the caller's Prefect settings.
-            self._client_ctx_context = copy_context()
+            self._client_ctx_context = self._submission_context()
             self._loop = loop
             try:
                 self._spawn(self._open_prefect_client(), self._client_ctx_context).result()
             except BaseException:
                 self._teardown()
                 raise
+
+    def _make_client(self) -> Client:
+        """The fedcompute client: the one given, else (inside a remote body) the submitting
+        runner's identity, else ``Client()`` from the environment or ``fedcompute login``."""
+        if self._client is not None:
+            return self._client
+        scope = current_scope()
+        if scope is not None:
+            if scope.auth is None:
+                raise RuntimeError(
+                    "this task was submitted from inside a remote task run, but the runner of "
+                    "that run has nested_submission=False: its token stays with the flow")
+            self._own_client = Client(scope.auth["service_url"], scope.auth["token"])
+        else:
+            self._own_client = Client(self._service_url)
+        return self._own_client
+
+    def _submission_context(self) -> Context:
+        """The contextvars a submitted task's engine runs in: the caller's."""
+        return copy_context()
+
+    def _auth(self) -> dict | None:
+        """What a remote body needs to submit tasks itself (None: nested submission off)."""
+        if not self.nested_submission or self._executor is None:
+            return None
+        client = self._executor.client
+        return {"service_url": client.service_url, "token": client.token}
 
     async def _open_prefect_client(self) -> None:
         ctx = AsyncClientContext()
@@ -257,22 +328,25 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             if not result.set_running_or_notify_cancel():
                 coro.close()
                 return
-            task = loop.create_task(coro, context=context)
+            # A KeyboardInterrupt/SystemExit escaping a task would end the loop's thread and
+            # leave every future unresolved: contained, it only fails this one.
+            task = loop.create_task(_contained(coro), context=context)
             self._loop_tasks[result] = task
-
-            def settle(t: asyncio.Task) -> None:
-                self._loop_tasks.pop(result, None)
-                if t.cancelled():
-                    result.set_exception(concurrent.futures.CancelledError())
-                elif t.exception() is not None:
-                    result.set_exception(t.exception())
-                else:
-                    result.set_result(t.result())
-
-            task.add_done_callback(settle)
+            task.add_done_callback(partial(self._settle, result))
 
         loop.call_soon_threadsafe(start)
         return result
+
+    def _settle(self, result: concurrent.futures.Future, task: asyncio.Task) -> None:
+        self._loop_tasks.pop(result, None)
+        if task.cancelled():
+            result.set_exception(concurrent.futures.CancelledError())
+        elif isinstance(task.exception(), _Escaped):
+            result.set_exception(task.exception().exc)  # type: ignore[union-attr]
+        elif task.exception() is not None:
+            result.set_exception(task.exception())
+        else:
+            result.set_result(task.result())
 
     def cancel_all(self) -> None:
         """Ask every task of this runner not yet running its body to stop (Prefect calls this
@@ -329,37 +403,40 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def submit(self, task: Task, parameters: dict[str, Any],
                wait_for: Iterable[PrefectFuture[Any]] | None = None,
                dependencies: dict[str, set[RunInput]] | None = None,
-               ) -> PrefectConcurrentFuture[Any]:
+               ) -> FederatedFuture:
         """Submit a task run; its function body (or, with ``remote_engine``, its whole engine)
-        runs on the endpoint. Returns at once with a ``PrefectConcurrentFuture``."""
+        runs on the endpoint. Returns at once with a :class:`FederatedFuture` (a
+        ``PrefectConcurrentFuture``): registration and serialization happen on the runner's
+        loop, never in the caller's thread."""
         if not self._started:
             raise RuntimeError("Task runner is not started")
         if task.isgenerator:
             raise NotImplementedError(
-                f"Task {task.name!r} is a generator; FederatedTaskRunner runs functions only")
+                f"Task {task.name!r} is a generator; FederatedTaskRunner runs functions only "
+                "(a generator's items cannot stream back from the endpoint)")
+        scope = current_scope()
+        if scope is not None:
+            # Submitted from inside a remote body: free its worker slot while it waits.
+            _leave_worker_slot(scope)
         self._ensure_started()
         assert self._executor is not None
 
-        flow_run_ctx = FlowRunContext.get()
-        if flow_run_ctx:
+        context = self._submission_context()
+        flow_run_ctx = context.run(FlowRunContext.get)
+        if flow_run_ctx and flow_run_ctx.flow is not None:
             get_run_logger(flow_run_ctx).debug(
                 f"Submitting task {task.name} to fedcompute endpoint {self.endpoint_id}...")
         else:
             self.logger.debug(f"Submitting task {task.name} to endpoint {self.endpoint_id}...")
 
-        task_run_id = uuid7()
+        task_run_id = _compat.uuid7()
         # ``wait_for`` may be one future or a collection of them: kept as given, like Prefect.
-        context = copy_context()
         # Every engine on the loop shares the runner's Prefect client.
-        context.run(AsyncClientContext.__var__.set, self._client_ctx)
+        _compat.share_async_client(context, self._client_ctx)
         if self.remote_engine:
-            body = self._engine_body(task)
-            coro = self._run_engine_remotely(task, body, task_run_id, parameters, wait_for,
+            coro = self._run_engine_remotely(task, task_run_id, parameters, wait_for,
                                              dependencies)
         else:
-            # Register the body here, in the caller's thread: the first time it is an HTTP call,
-            # which must not stall the loop.
-            self._executor.register_function(self._task_body(task.fn))
             cancel_event = threading.Event()
             self._cancel_events[task_run_id] = cancel_event
             coro = self._run_locally(task, task_run_id, parameters, wait_for, dependencies,
@@ -368,11 +445,11 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             self._inflight.add(future)
         future.add_done_callback(self._on_done)
-        return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=future)
+        return FederatedFuture(task_run_id=task_run_id, wrapped_future=future)
 
     def map(self, task: Task, parameters: dict[str, Any],
             wait_for: Iterable[PrefectFuture[Any]] | None = None,
-            ) -> PrefectFutureList[PrefectConcurrentFuture[Any]]:
+            ) -> PrefectFutureList[FederatedFuture]:
         """``Task.map``: one task run per item; the remote calls go out in batches."""
         return super().map(task, parameters, wait_for)
 
@@ -380,21 +457,60 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         with self._lock:
             self._inflight.discard(future)
 
-    def _task_body(self, fn: Callable) -> TaskBody:
+    async def _register(self, body: Callable) -> None:
+        """Register ``body`` with the service once, off the loop (it is an HTTP call)."""
+        if id(body) in self._registered:
+            return
+        assert self._executor is not None
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.register_function,
+                                                         body)
+        self._registered.add(id(body))
+
+    def _nested_context(self) -> dict[str, Any] | None:
+        """What a remote body needs to build a flow run context for tasks it submits: this
+        runner's options and the flow run's serialized context (None outside a flow run).
+        Computed once per runner (so once per flow run), in the first submitter's context."""
+        if self._nested is None:
+            if FlowRunContext.get() is None:
+                return None
+            serialized = None
+            if self.nested_submission:
+                serialized = serialize_context()
+                # The parent task run of a nested task is the body's own (rebuilt remotely).
+                serialized["task_run_context"] = {}
+            # Without nested submission the body still gets a runner: one that says so.
+            options = {k: v for k, v in self._config().items() if k != "endpoint_id"}
+            self._nested = {"endpoint_id": self.endpoint_id, "options": options,
+                            "context": serialized}
+        return self._nested
+
+    async def _task_body(self, fn: Callable) -> TaskBody:
         body = self._task_bodies.get(fn)
         if body is None:
-            body = self._task_bodies[fn] = TaskBody(fn)
+            nested = self._nested_context()
+            body = TaskBody(fn, nested)
+            try:
+                await self._register(body)
+            except SerializationError as exc:
+                if nested is None or nested["context"] is None:
+                    raise
+                # The flow run's context does not pickle (e.g. a flow holding a lock): run
+                # bodies without it; tasks they submit fail with a clear error.
+                self.logger.debug("flow run context not shipped: %s", exc)
+                body = TaskBody(fn, {**nested, "context": None})
+                await self._register(body)
+            self._task_bodies[fn] = body
         return body
 
-    def _engine_body(self, task: Task) -> EngineBody:
+    async def _engine_body(self, task: Task) -> EngineBody:
         body = self._engine_bodies.get(task)
         if body is None:
             if self._serialized_context is None:
                 # Like ProcessPoolTaskRunner: one snapshot of the flow run's context per runner.
                 self._serialized_context = serialize_context()
-            body = self._engine_bodies[task] = EngineBody(task, self._serialized_context)
-            assert self._executor is not None
-            self._executor.register_function(body)
+            body = EngineBody(task, self._serialized_context)
+            await self._register(body)
+            self._engine_bodies[task] = body
         return body
 
     # --- on the loop ------------------------------------------------------------------------
@@ -415,26 +531,35 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
                            dependencies: dict[str, set[RunInput]] | None,
                            cancel_event: threading.Event) -> Any:
         try:
+            await self._task_body(task.fn)
             await self._wait_upstream(parameters, wait_for)
             return await _run_engine(self, task, task_run_id, parameters, wait_for,
                                      dependencies, {"cancel_event": cancel_event})
         finally:
             self._cancel_events.pop(task_run_id, None)
 
-    async def _call_remote(self, engine: _FederatedEngine, parameters: dict[str, Any]) -> Any:
+    async def _call_remote(self, engine: AsyncTaskRunEngine, parameters: dict[str, Any]) -> Any:
         """Run the task's function body on the endpoint; replay its output into the run's logs."""
         assert self._executor is not None
         task, task_run = engine.task, engine.task_run
         args, kwargs = parameters_to_args_kwargs(task.fn, parameters)
+        tags_ctx = TagsContext.get()
+        flow_run_ctx = FlowRunContext.get()
         meta = {
             "task_run_id": str(task_run.id), "task_run_name": task_run.name,
             "flow_run_id": str(task_run.flow_run_id) if task_run.flow_run_id else None,
+            "flow_run_name": getattr(getattr(flow_run_ctx, "flow_run", None), "name", None),
             "task_name": task.name, "task_key": task_run.task_key,
+            "task_tags": sorted(task.tags or ()), "task_version": task.version,
+            "retries": task.retries,
             "dynamic_key": task_run.dynamic_key, "run_count": task_run.run_count,
             "tags": sorted(task_run.tags or ()),
+            # What TagsContext holds around the body, as with ThreadPoolTaskRunner.
+            "current_tags": sorted(tags_ctx.current_tags if tags_ctx else ()),
         }
-        future = self._executor.submit_with(self._task_body(task.fn),
-                                            (meta, args, kwargs, self.remote_log_level))
+        body = await self._task_body(task.fn)
+        future = self._executor.submit_with(body, (meta, args, kwargs, self.remote_log_level,
+                                                   self._auth()))
         failure: RemoteTaskError | None = None
         try:
             value, events = await self._await_compute(future)
@@ -445,12 +570,13 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             return value
         _replay(engine, failure.events)
         exc = serialize.unpack_exception(failure.envelope)
-        if not isinstance(exc, Exception):
-            # SystemExit/KeyboardInterrupt of the *remote* body: a failure of this task, not a
-            # reason to stop the flow's process (asyncio would re-raise it out of the loop).
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # Would read as this coroutine being cancelled or closed: a plain failure instead.
             exc = TaskExecutionFailed(failure.envelope.get("type", "BaseException"),
                                       failure.envelope.get("message", ""),
                                       failure.envelope.get("traceback", ""))
+        # A remote KeyboardInterrupt/SystemExit (any BaseException) crashes the task run, as
+        # Prefect's engine does with one raised locally; _run_engine keeps it off the loop.
         raise exc
 
     async def _await_compute(self, future: ComputeFuture) -> Any:
@@ -467,13 +593,14 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             raise TaskCancelled(f"fedcompute task {future.task_id} was cancelled")
         return future.result()
 
-    async def _run_engine_remotely(self, task: Task, body: EngineBody, task_run_id: uuid.UUID,
+    async def _run_engine_remotely(self, task: Task, task_run_id: uuid.UUID,
                                    parameters: dict[str, Any],
                                    wait_for: Any,
                                    dependencies: dict[str, set[RunInput]] | None) -> Any:
         """``remote_engine=True``: resolve inputs here (futures cannot travel), then run
-        ``run_task_sync``/``run_task_async`` on the endpoint; its final state comes back."""
+        Prefect's task engine on the endpoint; its final state comes back with the result."""
         assert self._executor is not None
+        body = await self._engine_body(task)
         await self._wait_upstream(parameters, wait_for)
         # Upstream links must be collected before the futures are replaced by their values.
         inputs = {k: collect_task_run_inputs_sync(v) for k, v in parameters.items()}
@@ -487,11 +614,22 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             return await _run_engine(self, task, task_run_id, parameters, wait_for,
                                      dependencies, {})
         # Futures cannot travel; their final states can (the engine reads them the same way).
+        # A FederatedFuture's state is the one that came back with its result: the Prefect API
+        # may not know it yet.
         states = visit_collection(
             wait_for, lambda x: x.state if isinstance(x, PrefectFuture) else x,
             return_data=True, max_depth=-1) if wait_for else None
-        future = self._executor.submit_with(body, (task_run_id, resolved, states, inputs))
-        return await self._await_compute(future)
+        # The run's assets are worked out here, where the flow run knows its upstreams' (as
+        # Prefect's process-pool runner does); the remote engine takes them over.
+        assets = AssetContext.from_task_and_inputs(task, task_run_id, inputs,
+                                                   copy_to_child_ctx=True).serialize()
+        future = self._executor.submit_with(body, (task_run_id, resolved, states, inputs,
+                                                   self._auth(), assets))
+        try:
+            return await self._await_compute(future)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # An endpoint whose engine let it through: the run crashed there.
+            return await exception_to_crashed_state(exc)
 
 
 async def _wrap(future: concurrent.futures.Future, loop: asyncio.AbstractEventLoop) -> None:

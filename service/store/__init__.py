@@ -87,6 +87,8 @@ class Store:
     lookup_token = _Part("tokens")
     revoke_tokens = _Part("tokens")
     revoke_token = _Part("tokens")
+    count_request = _Part("tokens")
+    tokens_of = _Part("tokens")
 
     put_function = _Part("functions")
     get_function = _Part("functions")

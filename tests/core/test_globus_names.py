@@ -331,11 +331,9 @@ def test_client_register_function_as_globus_documents(fed_stack):
     fid = client.register_function(platform_func, "this has priority over docstrings")
     assert client.get_function(fid)["description"] == "this has priority over docstrings"
     assert client.get_function(client.register_function(platform_func, public=True))["public"]
-    from fedcompute import client as client_module
-
-    client_module._warned.discard("register_function(group=...)")
-    with pytest.warns(IgnoredOptionWarning, match="group"):
-        client.register_function(platform_func, group=str(uuid.uuid4()))
+    group = str(uuid.uuid4())
+    shared = client.register_function(platform_func, group=group)
+    assert client.get_function(shared)["shared_with_groups"] == [group]
     task_id = client.run(endpoint_id=fed_stack.endpoint_id, function_id=fid)
     result = wait_for(lambda: client.get_batch_result([task_id])[task_id].get("result"),
                       what="the task's result")

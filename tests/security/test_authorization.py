@@ -1,6 +1,8 @@
 """The authorization matrix: two users, private / shared / public functions, private and shared
 endpoints, tasks, results, task groups and the Dask relay. Nobody reads or runs what is not
-theirs or shared with them, and what is hidden is indistinguishable from what does not exist."""
+theirs or shared with them, and what is hidden is indistinguishable from what does not exist.
+Each test runs twice (``users``): alice and bob with static tokens, and signed in through the
+OpenID Connect provider (the same user names, so the same objects)."""
 
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ def negate(x):
 
 
 @pytest.fixture(scope="module")
-def functions(sec):
-    alice = sec.alice()
+def functions(sec, users):
+    alice = users.alice()
     return {
         "private": alice.register_function(triple),
         "shared": alice.register_function(quadruple, shared_with=["bob"]),
@@ -48,8 +50,8 @@ def _status(call) -> int:
     return 200
 
 
-def test_functions(sec, functions):
-    bob = sec.bob()
+def test_functions(sec, users, functions):
+    bob = users.bob()
     assert _status(lambda: bob.get_function(functions["private"])) == 404
     assert bob.get_function(functions["shared"])["owner"] == "alice"
     assert bob.get_function(functions["public"])["public"] is True
@@ -61,8 +63,8 @@ def test_functions(sec, functions):
     assert bob.register_function(triple) != functions["private"]
 
 
-def test_endpoints(sec):
-    bob = sec.bob()
+def test_endpoints(sec, users):
+    bob = users.bob()
     visible = {e["endpoint_id"] for e in bob.get_endpoints()}
     assert sec.shared_id in visible and sec.private_id not in visible
     assert bob.get_endpoint_status(sec.shared_id)["status"] == "online"
@@ -75,11 +77,11 @@ def test_endpoints(sec):
                  # nor take over alice's endpoint by re-registering its id (new credential)
                  lambda: bob.register_endpoint("mine", sec.shared_id)):
         assert _status(call) == 404
-    assert sec.alice().get_endpoint_status(sec.shared_id)["status"] == "online"
+    assert users.alice().get_endpoint_status(sec.shared_id)["status"] == "online"
 
 
-def test_running(sec, functions):
-    bob = sec.bob()
+def test_running(sec, users, functions):
+    bob = users.bob()
     # Bob's own functions, and alice's shared and public ones, run on the shared endpoint.
     with Executor(sec.shared_id, client=bob) as ex:
         assert ex.submit(triple, 2).result(timeout=120) == 6
@@ -98,8 +100,8 @@ def test_running(sec, functions):
         bob.run(5, endpoint_id=sec.private_id, function_id=functions["public"])
 
 
-def test_tasks_results_and_groups(sec, functions):
-    alice, bob = sec.alice(), sec.bob()
+def test_tasks_results_and_groups(sec, users, functions):
+    alice, bob = users.alice(), users.bob()
     batch = alice.create_batch()
     alice_ids = [batch.add(functions["private"], (i,)) for i in range(3)]
     group = alice.batch_run(sec.private_id, batch)["task_group_id"]
@@ -149,8 +151,8 @@ def _ws_status(sec, path: str, token: str | None) -> int:
     return asyncio.run(main())
 
 
-def test_dask_relay(sec, functions):
-    alice, bob = sec.alice(), sec.bob()
+def test_dask_relay(sec, users, functions):
+    alice, bob = users.alice(), users.bob()
     info = f"/endpoints/{sec.shared_id}/dask/info"
     wait_for(lambda: alice.request("GET", info)["connected"], 120, "the Dask bridge")
     assert bob.request("GET", info)["connected"] is True
@@ -161,15 +163,15 @@ def test_dask_relay(sec, functions):
     assert _ws_status(sec, shared, None) == 401
     assert _ws_status(sec, shared, "fcu_forged") == 401
     assert _ws_status(sec, shared, credential) == 403  # an endpoint is not a user
-    assert _ws_status(sec, private, sec.bob_token) == 404
-    assert _ws_status(sec, shared, sec.bob_token) == 101
-    assert _ws_status(sec, private, sec.stack.token) == 101
+    assert _ws_status(sec, private, users.bob_token()) == 404
+    assert _ws_status(sec, shared, users.bob_token()) == 101
+    assert _ws_status(sec, private, users.alice_token()) == 101
     # A user cannot pose as an endpoint's bridge.
-    assert _ws_status(sec, "/v1/agent/control", sec.bob_token) == 403
-    assert _ws_status(sec, f"/v1/agent/dask/{uuid.uuid4()}", sec.bob_token) == 403
+    assert _ws_status(sec, "/v1/agent/control", users.bob_token()) == 403
+    assert _ws_status(sec, f"/v1/agent/dask/{uuid.uuid4()}", users.bob_token()) == 403
     # An endpoint restricted to allowed_functions refuses Dask (arbitrary code) to everyone.
     restricted = alice.register_endpoint("restricted", shared_with=["bob"],
                                          allowed_functions=[functions["public"]])
     path = f"/v1/endpoints/{restricted['endpoint_id']}/dask"
-    assert _ws_status(sec, path, sec.stack.token) == 403
-    assert _ws_status(sec, path, sec.bob_token) == 403
+    assert _ws_status(sec, path, users.alice_token()) == 403
+    assert _ws_status(sec, path, users.bob_token()) == 403

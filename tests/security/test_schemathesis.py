@@ -1,6 +1,7 @@
 """Property-based fuzzing of every operation of the live service's ``/openapi.json`` with
-schemathesis, without credentials and with the right ones (a user token, or an endpoint
-credential for the agent API), with valid and invalid data, as JSON and msgpack: never a 5xx,
+schemathesis, without credentials and with the right ones (a user's static token, or an OpenID
+Connect access token from the test provider; an endpoint credential for the agent API), with
+valid and invalid data, as JSON and msgpack: never a 5xx,
 and every response conforms to the document (status code, content type, headers, body).
 
 Driven through schemathesis' Python API (``APIOperation.as_strategy`` + hypothesis): its lazy
@@ -44,6 +45,12 @@ def live_schema(sec):
     schema = schemathesis.openapi.from_url(f"{sec.url}/openapi.json")
     assert schema.raw_schema["paths"].keys() == openapi_document()["paths"].keys()
     return schema
+
+
+@pytest.fixture(scope="module")
+def oidc_alice(sec):
+    """alice signed in through the OIDC provider (the token is refreshed when due)."""
+    return sec.idp.client(sec.url, "alice")
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +98,25 @@ def _fuzz(operation, mode: GenerationMode, headers: dict, failures: list, calls:
         assert not raw.get("parameters") and "requestBody" not in raw
 
 
-@pytest.mark.parametrize("auth", ["with-credentials", "anonymous"])
-@pytest.mark.parametrize(("method", "path"), _operations())
-def test_operation(live_schema, sec, fuzz_credential, method, path, auth):
+def _cases() -> list[tuple[str, str, str]]:
+    """Each operation anonymous and with credentials; user operations also as an OIDC user
+    (endpoints have credentials, not OIDC logins)."""
+    out = []
+    for method, path in _operations():
+        auths = ["with-credentials", "anonymous"]
+        if not path.startswith("/v1/agent/"):
+            auths.insert(1, "oidc-credentials")
+        out += [(method, path, auth) for auth in auths]
+    return out
+
+
+@pytest.mark.parametrize(("method", "path", "auth"), _cases())
+def test_operation(live_schema, sec, fuzz_credential, oidc_alice, method, path, auth):
     operation = live_schema[path][method]
     headers = {}
-    if auth == "with-credentials" and operation.definition.raw.get("security"):
-        token = fuzz_credential if path.startswith("/v1/agent/") else sec.stack.token
+    if auth != "anonymous" and operation.definition.raw.get("security"):
+        token = fuzz_credential if path.startswith("/v1/agent/") else (
+            oidc_alice.token if auth == "oidc-credentials" else sec.stack.token)
         headers["Authorization"] = f"Bearer {token}"
     failures: list[str] = []
     calls: Counter = Counter()

@@ -40,7 +40,8 @@ def test_revoked_tokens_are_refused_at_once(sec):
     first, second = sec.stack.create_user("carol"), sec.stack.create_user("carol")
     SEEN.update((first, second))
     for token in (first, second):
-        assert Client(sec.url, token).whoami() == {"kind": "user", "name": "carol"}
+        who = Client(sec.url, token).whoami()
+        assert (who["kind"], who["name"], who["via"]) == ("user", "carol", "token")
     assert sec.stack.cli("user", "revoke", "carol", "--token", first) == "revoked 1 token"
     with pytest.raises(AuthError, match="invalid or revoked token"):
         Client(sec.url, first, retries=0).whoami()

@@ -4,6 +4,7 @@ and endpoints that scale adaptively by themselves (as batch engines do)."""
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -77,3 +78,50 @@ def test_version_check_names_each_mismatch():
     problems = check_versions({**mine, "dask": "2000.1.1", "python": "2.7.18"}, mine)
     assert [p.split()[0] for p in problems] == ["python", "dask"]
     assert "endpoint 2000.1.1" in problems[1]
+
+
+def _install_guard(cluster, engine) -> None:
+    from fedcompute.endpoint.resources_guard import ResourcesGuard
+
+    async def install():
+        await ResourcesGuard(engine).install(cluster.scheduler)
+
+    cluster.sync(install)
+
+
+def test_guard_errs_tasks_no_worker_can_ever_run(cluster):
+    from distributed import Client
+    from fedcompute.endpoint.resources_guard import ResourcesUnavailable
+
+    _install_guard(cluster, SimpleNamespace(cluster=cluster, options={"type": "local"}))
+    with Client(cluster) as client:
+        future = client.submit(sum, [1, 2], resources={"GPU": 1}, pure=False)
+        with pytest.raises(ResourcesUnavailable, match=r"resources \{'GPU': 1\}"):
+            future.result(timeout=30)
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+def test_guard_lets_tasks_wait_for_workers_the_engine_would_add(cluster):
+    """An adaptive batch engine whose future workers carry ``worker_resources``: the task
+    waits (Dask's no-worker state) and runs once such a worker joins."""
+    from distributed import Client, Worker
+
+    engine = SimpleNamespace(cluster=cluster, options={"type": "slurm",
+                                                       "worker_resources": {"GPU": 2}})
+    _install_guard(cluster, engine)
+    with Client(cluster) as client:
+        future = client.submit(sum, [1, 2], resources={"GPU": 1}, pure=False)
+        deadline = time.monotonic() + 30
+        while client.run_on_scheduler(lambda dask_scheduler, key=future.key: getattr(
+                dask_scheduler.tasks.get(key), "state", None)) != "no-worker":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        async def gpu_worker():
+            return await Worker(cluster.scheduler_address, nthreads=1, resources={"GPU": 2})
+
+        worker = client.sync(gpu_worker)
+        try:
+            assert future.result(timeout=30) == 3
+        finally:
+            client.sync(worker.close)

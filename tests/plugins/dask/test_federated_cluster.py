@@ -206,7 +206,7 @@ def test_scale_and_adapt_at_the_endpoint(dask_stack):
             futures = c.map(slow_inc, range(40), delay=0.5, pure=False)
             _workers(cluster, 2)
             assert cluster.bridge_info["adaptive"] is True
-            assert "Adaptive" in cluster._scaling_status()
+            assert "Adaptive" in cluster.scaling_status_html()
             c.cancel(futures)
     finally:
         cluster.close()
@@ -292,7 +292,7 @@ def test_endpoint_restart_is_a_clear_error(dask_stack, caplog):
             time.sleep(0.2)
         assert c.submit(inc, 2).result(timeout=60) == 3  # the client reconnected
         deadline = time.monotonic() + 10
-        while not any("restarted" in line for _, line in cluster._cluster_manager_logs):
+        while "restarted" not in cluster.get_logs(scheduler=False, workers=False)["Cluster"]:
             assert time.monotonic() < deadline, "the cluster did not notice the restart"
             time.sleep(0.2)
     finally:
