@@ -139,12 +139,18 @@ def _install() -> None:
     root = logging.getLogger()
     if _log_router not in root.handlers:
         root.addHandler(_log_router)
-    for handler in root.handlers:
+    loggers = [root, *(lg for lg in list(logging.root.manager.loggerDict.values())
+                       if isinstance(lg, logging.Logger) and lg.handlers)]
+    for handler in (h for lg in loggers for h in lg.handlers):
         # A console handler configured while our router was sys.stderr (Prefect configures
-        # logging when a body first imports it) would copy every record into the capture.
+        # its loggers when a body first imports it, or when a remote engine ran here before)
+        # would copy every record into the capture a second time.
         if isinstance(handler, logging.StreamHandler) and isinstance(handler.stream,
                                                                      _StreamRouter):
             handler.setStream(handler.stream._original)
+        console = getattr(handler, "console", None)  # Prefect's rich console handler
+        if console is not None and isinstance(getattr(console, "file", None), _StreamRouter):
+            console.file = console.file._original
 
 
 def _install_prefect_sink() -> None:

@@ -54,8 +54,8 @@ def test_service_restart_keeps_queued_tasks(stack, tmp_path):
     assert client.get_endpoint_status(stack.endpoint_id)["status"] == "offline"
     ex = Executor(stack.endpoint_id, client=client)
     futures = [ex.submit(slow_square, i, 0, str(tmp_path)) for i in range(100)]
-    wait_for(lambda: len(client.get_task_group(ex.task_group_id)) == 100, 60,
-             "the service to have every task")
+    assert ex.flush(60) == []  # every task reached the service
+    assert len(client.get_task_group(ex.task_group_id)) == 100
     states = {r["status"] for r in client.get_batch_result([f.task_id for f in futures]).values()}
     assert states == {"waiting-for-endpoint"}
     stack.stop_service()
