@@ -180,8 +180,7 @@ def sdk_memory_child(n: int, sink: str) -> None:
     before = psutil.Process().memory_info().rss
     ex = Executor(sink)
     futures = [ex.submit(noop, i) for i in range(n)]
-    while ex._queue or ex._sending:  # all sent, all still outstanding
-        time.sleep(0.1)
+    assert ex.flush() == []  # all sent, all still outstanding
     print((psutil.Process().memory_info().rss - before) / 1e6, len(futures))
     print((psutil.Process().memory_info().rss - before) / 1e6)
     os._exit(0)

@@ -16,6 +16,7 @@ import httpx
 
 from . import errors, serialize
 from .config import FileTokenStore, load_credentials, service_url_of
+from .fasthttp import FastHTTP, TransportError, usable_for
 from .oauth import RefreshingAuth
 from .protocol import API_VERSION, JSON, MSGPACK, TaskState, packb, unpackb
 from .shell import run_hardware_report
@@ -194,6 +195,9 @@ class Client:
             verify=verify,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
+        base = f"{self.service_url}/{API_VERSION}"
+        #: The calls every task makes go through the lean client (see fasthttp.py).
+        self._fast = FastHTTP(base, verify, timeout) if usable_for(base) else None
         self._function_ids: dict[tuple, str] = {}
         #: The task group of this client's batches unless they name another (``create_batch``).
         self.session_task_group_id = str(uuid.uuid4())
@@ -209,9 +213,22 @@ class Client:
 
     # --- plumbing ----------------------------------------------------------------------
 
+    def _send_fast(self, method: str, path: str, content: bytes | None, params: dict | None,
+                   timeout: float | None) -> Any:
+        headers = {"Accept": MSGPACK, "Authorization": f"Bearer {self.token}"}
+        if content is not None:
+            headers["Content-Type"] = MSGPACK
+        response = self._fast.request(method, path, content=content, params=params,
+                                      headers=headers, timeout=timeout)
+        if response.status_code == 401 and self.auth is not None:
+            return None  # let httpx and the auth hook refresh the token and send it again
+        return response
+
     def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
-                timeout: float | None = None, idempotent: bool | None = None) -> Any:
-        """Send a request (msgpack both ways); retry connection failures of idempotent calls."""
+                timeout: float | None = None, idempotent: bool | None = None,
+                fast: bool = False) -> Any:
+        """Send a request (msgpack both ways); retry connection failures of idempotent calls.
+        ``fast``: through the lean client (the hot path), when it can be used."""
         content = packb(body) if body is not None else None
         headers = {"Content-Type": MSGPACK} if body is not None else None
         if idempotent is None:
@@ -222,9 +239,13 @@ class Client:
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = None
+                if fast and self._fast is not None:
+                    response = self._send_fast(method, path, content, params, timeout)
+                if response is None:
+                    response = self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                    httpx.WriteError, httpx.PoolTimeout) as exc:
+                    httpx.WriteError, httpx.PoolTimeout, TransportError) as exc:
                 if not idempotent or attempt == self.retries:
                     raise errors.ServiceError(0, f"cannot reach {self.service_url}: {exc}") from exc
                 time.sleep(delay)
@@ -261,6 +282,8 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+        if self._fast is not None:
+            self._fast.close()
 
     def __enter__(self) -> Client:
         return self
@@ -421,7 +444,7 @@ class Client:
         return self.request("POST", "/tasks", body={
             "endpoint_id": str(endpoint_id),
             "task_group_id": str(task_group_id) if task_group_id else None, "tasks": tasks,
-        }, idempotent=True)
+        }, idempotent=True, fast=True)
 
     def run(self, *args: Any, endpoint_id: UUIDLike, function_id: UUIDLike,
             **kwargs: Any) -> str:
@@ -534,4 +557,4 @@ class Client:
         """One long-poll of a task group's result stream (used by ``Executor``)."""
         return self.request("GET", f"/task_groups/{task_group_id}/results",
                             params={"cursor": cursor, "wait": wait, "limit": limit},
-                            timeout=wait + 30)
+                            timeout=wait + 30, fast=True)

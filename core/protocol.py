@@ -253,7 +253,7 @@ class Lease(Message):
 
 class TaskResult(Message):
     task_id: UUIDStr
-    status: Literal["success", "failed"]
+    status: Literal["success", "failed", "cancelled"]
     result: bytes | None = None
     exception: ExceptionEnvelope | None = None
     stdout: str | None = None

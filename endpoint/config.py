@@ -82,6 +82,9 @@ class EndpointConfig(BaseModel):
     lease_wait: float = Field(20.0, ge=0, le=30)
     result_batch: int = Field(2000, ge=1)
     verify_tls: bool | str = True
+    fast_lane: bool = Field(
+        True, description="short tasks go to executor processes on the workers, without a "
+                          "Dask task each (tasks with resources or launchers keep Dask)")
     dask_access: bool = Field(
         True, description="users allowed on this endpoint may use it from Dask (FederatedCluster)")
     dask_max_workers: int | None = Field(

@@ -35,6 +35,13 @@ class LeasedTask:
                    leased.get("resource_specification"), leased.get("options"),
                    int(leased.get("attempt") or 0), leased.get("owner") or "")
 
+    def lane_wire(self) -> dict[str, Any]:
+        """What a lane executor needs of it (``LeasedTask(**wire)`` on the other side)."""
+        return {"task_id": self.task_id, "function_id": self.function_id,
+                "payload": self.payload, "resource_specification": self.resource_specification,
+                "options": self.options, "attempt": self.attempt, "owner": self.owner,
+                "walltime": self.walltime}
+
     @property
     def capture_output(self) -> bool:
         return bool((self.options or {}).get("capture_output"))
@@ -50,7 +57,7 @@ class TaskResult:
     """A finished task, as the agent reports it to the service."""
 
     task_id: str
-    status: str  # "success" | "failed"
+    status: str  # "success" | "failed" | "cancelled" (stopped while it ran)
     result: bytes | None = None
     exception: dict[str, Any] | None = None
     stdout: str | None = None

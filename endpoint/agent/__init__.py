@@ -99,6 +99,11 @@ class Agent:
     def start(self) -> None:
         self.engine.start()
         self.status.workers = self.engine.worker_count()
+        start_lanes = getattr(self.dispatcher, "start_lanes", None)
+        if start_lanes is not None:  # before the first lease: a cold endpoint is fast too
+            start_lanes()
+            self.status.on_workers = lambda n: self.dispatcher.lanes and \
+                self.dispatcher.lanes.refresh()
         self._connect()
         for target, name in ((self.sender.run, "sender"), (self.status.follow_engine, "status"),
                              (self.status.beat, "heartbeat")):
@@ -110,7 +115,6 @@ class Agent:
     def stop(self) -> None:
         """Ask the agent to stop (from a signal handler or another thread)."""
         self.stopping.set()
-        self.poller.abandon()
         self.ledger.wake()
 
     def _connect(self) -> None:
@@ -163,6 +167,9 @@ class Agent:
         except (ServiceUnavailable, errors.ServiceError, SessionReplaced) as exc:
             log.warning("could not hand back %d tasks (%s); the service will reclaim them",
                         len(leftover), exc)
+        close = getattr(self.dispatcher, "close", None)
+        if close is not None:
+            close()
         if self.bridge is not None:
             try:
                 self.bridge.stop()
@@ -170,3 +177,4 @@ class Agent:
                 log.warning("stopping the Dask bridge: %s", exc)
         self.engine.close()
         self.api.close()
+        self.poller.finished()

@@ -1,15 +1,20 @@
-"""From leased tasks to Dask work: checks, packing, submission, and what a failure means.
+"""From leased tasks to work on the engine's workers: checks, routing, and what a failure
+means.
 
-Short tasks of one function are packed into one Dask task (about ``chunk_target_seconds`` of
-work, measured per function), which keeps Dask's per-task overhead off them. Tasks that need
-worker resources or have a walltime run alone. When a Dask task fails because its worker died,
-a packed chunk is rerun task by task, so that only the task that kills its worker fails.
+* The fast lane (``lanes.py``): tasks that need no worker resources and no launcher go to
+  executor processes on the workers, one frame for many tasks, no Dask task each.
+* The Dask path, for the others (and for all when the lane is off or no worker has one yet):
+  short tasks of one function are packed into one Dask task (about ``chunk_target_seconds`` of
+  work, measured per function); tasks with resources, a walltime or a launcher run alone. When
+  a Dask task fails because its worker died, a packed chunk is rerun task by task, so that
+  only the task that kills its worker fails.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 import time
 import uuid
@@ -23,9 +28,11 @@ from fedcompute import errors
 from ..config import EndpointConfig
 from ..engines.base import Engine
 from ..engines.resources import dask_resources
+from ..lane.server import LanePlugin
 from ..launchers import needs_launch
 from ..records import LeasedTask, TaskResult
 from ..runner import run_chunk
+from .lanes import LanePool
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,24 @@ class Dispatcher:
         self._lock = threading.Lock()  # guards the two below (Dask callback threads write)
         self._futures: dict[str, Any] = {}
         self._durations: dict[str, float] = {}  # function id -> seconds per task (EWMA)
+        self.lanes: LanePool | None = None
+
+    def start_lanes(self) -> None:
+        """Put a lane on every worker the engine has or will have (a Dask worker plugin)."""
+        if not self.config.fast_lane or self.engine.client is None:
+            return
+        secret = secrets.token_urlsafe(32)
+        self.engine.client.register_plugin(LanePlugin(secret, self.config.max_result_size))
+        self.lanes = LanePool(self.engine.client, secret, self.functions.get, self.finish,
+                              self._started, self._lost_in_lane)
+        self.lanes.refresh()
+
+    def _started(self, task_ids: list[str], host: str, pid: int) -> None:
+        """A lane started these tasks (the running state is reported by the status part)."""
+
+    def _lost_in_lane(self, tasks: list[LeasedTask]) -> None:
+        for task in tasks:  # the Dask path tells the task that killed its worker from the rest
+            self._submit([task])
 
     def dispatch(self, leased: list[LeasedTask]) -> list[LeasedTask]:
         """Submit what was leased; returns the tasks dispatched (not already held)."""
@@ -88,14 +113,20 @@ class Dispatcher:
         tasks = [t for t in leased if t.task_id in new]
         packable: dict[str, list[LeasedTask]] = {}
         alone: list[LeasedTask] = []
+        laned: list[LeasedTask] = []
+        use_lanes = self.lanes is not None and self.lanes.available()
         for task in tasks:
             refusal = self._refusal(task)
             if refusal is not None:
                 self.finish([TaskResult.failure(task.task_id, refusal)])
+            elif use_lanes and task.resources is None and not task.launch:
+                laned.append(task)
             elif task.packable:
                 packable.setdefault(task.function_id, []).append(task)
             else:
                 alone.append(task)
+        if laned:
+            self.lanes.submit(laned)
         for function_id, group in packable.items():
             size = self._chunk_size(function_id, len(group))
             for i in range(0, len(group), size):
@@ -199,6 +230,10 @@ class Dispatcher:
         else:
             err = exc
         return TaskResult.failure(task.task_id, err)
+
+    def close(self) -> None:
+        if self.lanes is not None:
+            self.lanes.close()
 
     def cancel_all(self) -> None:
         """Cancel every Dask task still running (shutting down)."""

@@ -37,11 +37,28 @@ class LeasePoller:
         self.functions = functions
         self.dispatch = dispatch
         self.stopping = stopping
-        #: Set by ``abandon()`` to end the wait for a long-poll in flight.
-        self._poll_done: threading.Event | None = None
+        self._done = threading.Event()
 
     def run(self) -> None:
-        """Lease and dispatch until stopping (or replaced by another agent)."""
+        """Lease and dispatch until stopping (or replaced by another agent). The loop runs on
+        a thread of its own, so that a stop need not wait up to ``lease_wait`` for a long-poll
+        in flight: what an abandoned poll receives goes back to the queue (the agent's
+        shutdown ends its session). The thread lives until :meth:`finished`: children it
+        started (multi-user endpoints) must not see it end before the shutdown is over."""
+        threading.Thread(target=self._loop, daemon=True, name="fedcompute-lease").start()
+        self.stopping.wait()
+
+    def finished(self) -> None:
+        """The agent has shut down: the lease thread may end."""
+        self._done.set()
+
+    def _loop(self) -> None:
+        try:
+            self._lease_and_dispatch()
+        finally:
+            self._done.wait()
+
+    def _lease_and_dispatch(self) -> None:
         backoff = Backoff(0.5, 15.0)
         recover_at: list[float] = []
         while not self.stopping.is_set():
@@ -62,8 +79,8 @@ class LeasePoller:
                 log.error("another agent took over this endpoint; stopping")
                 self.stopping.set()
                 return
-            if lease is None:
-                return  # abandoned: stopping
+            if self.stopping.is_set():
+                return  # handed back by the shutdown (disconnect)
             backoff.reset()
             self.functions.add(lease.get("functions") or {})
             if recover:
@@ -74,45 +91,15 @@ class LeasePoller:
                 log.warning("recovered %d leased tasks whose lease reply was lost",
                             len(dispatched))
 
-    def _lease(self, max_tasks: int, recover: bool) -> dict | None:
-        """One lease request. A long-poll runs on a daemon thread so that ``abandon()`` need
-        not wait up to ``lease_wait`` for it (None then). What an abandoned poll receives goes
-        back to the queue: the agent's shutdown ends its session in the service."""
+    def _lease(self, max_tasks: int, recover: bool) -> dict:
+        """One lease request (a long-poll of ``lease_wait`` unless recovering)."""
         wait = 0 if self.stopping.is_set() or recover else self.config.lease_wait
-        timeout = self.config.lease_wait + 30
-        cached = self.functions.ids()[-1024:]
         status = self.status() if self.status is not None else None
-        if not wait:
-            return self.api.lease(max_tasks, 0, cached, recover=recover, timeout=timeout,
+        self.polling_since = time.monotonic() if wait else None
+        try:
+            return self.api.lease(max_tasks, wait, self.functions.ids()[-1024:],
+                                  recover=recover, timeout=self.config.lease_wait + 30,
                                   status=status)
-        done = threading.Event()
-        outcome: list = []
+        finally:
+            self.polling_since = None
 
-        def poll() -> None:
-            self.polling_since = time.monotonic()
-            try:
-                outcome.append((True, self.api.lease(max_tasks, wait, cached, timeout=timeout,
-                                                     status=status)))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the lease loop
-                outcome.append((False, exc))
-            finally:
-                self.polling_since = None
-            done.set()
-
-        self._poll_done = done
-        threading.Thread(target=poll, daemon=True, name="fedcompute-lease").start()
-        if self.stopping.is_set():
-            done.set()
-        done.wait()
-        self._poll_done = None
-        if not outcome:
-            return None
-        ok, value = outcome[0]
-        if not ok:
-            raise value
-        return value
-
-    def abandon(self) -> None:
-        """Stop waiting for a long-poll in flight."""
-        if self._poll_done is not None:
-            self._poll_done.set()

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from fedcompute import errors, http
+from fedcompute.fasthttp import FastHTTP, TransportError, usable_for
 from fedcompute.protocol import API_VERSION, MSGPACK, packb
 
 _RETRY_LATER = (408, 429)
@@ -31,18 +32,24 @@ class ServiceAPI:
                  verify: bool | str = True, timeout: float = 60.0):
         self.service_url = service_url.rstrip("/")
         self.session = session
-        self.http = httpx.Client(
-            base_url=f"{self.service_url}/{API_VERSION}/agent",
-            headers={"Authorization": f"Bearer {credential}", "Accept": MSGPACK,
-                     "Content-Type": MSGPACK},
-            timeout=httpx.Timeout(timeout, connect=10.0), verify=verify)
+        base = f"{self.service_url}/{API_VERSION}/agent"
+        self.headers = {"Authorization": f"Bearer {credential}", "Accept": MSGPACK,
+                        "Content-Type": MSGPACK}
+        # Every request of the agent is on the hot path: the lean client unless a proxy applies.
+        self.fast = FastHTTP(base, verify, timeout) if usable_for(base) else None
+        self.http = httpx.Client(base_url=base, headers=self.headers,
+                                 timeout=httpx.Timeout(timeout, connect=10.0), verify=verify)
 
     def post(self, path: str, body: dict[str, Any], timeout: float = 60.0) -> Any:
         """POST ``body`` (plus the session) to ``path``; the decoded answer."""
+        content = packb({"session": self.session, **body})
         try:
-            response = self.http.post(path, content=packb({"session": self.session, **body}),
-                                      timeout=timeout)
-        except httpx.HTTPError as exc:
+            if self.fast is not None:
+                response = self.fast.request("POST", path, content=content,
+                                             headers=self.headers, timeout=timeout)
+            else:
+                response = self.http.post(path, content=content, timeout=timeout)
+        except (httpx.HTTPError, TransportError) as exc:
             raise ServiceUnavailable(f"{path}: {exc}") from exc
         if response.status_code >= 500 or response.status_code in _RETRY_LATER:
             raise ServiceUnavailable(f"{path}: HTTP {response.status_code}")
@@ -80,3 +87,5 @@ class ServiceAPI:
 
     def close(self) -> None:
         self.http.close()
+        if self.fast is not None:
+            self.fast.close()

@@ -40,6 +40,8 @@ class StatusReporter:
         self.on_replaced = on_replaced
         self.heartbeat_interval = 5.0
         self.heartbeat_timeout = 30.0
+        #: Called with the worker count when it changes (and now and then): lanes follow it.
+        self.on_workers: Callable[[int], Any] | None = None
         #: When the lease long-poll in flight began (monotonic), or None (see LeasePoller).
         self.polling_since: Callable[[], float | None] = lambda: None
         self.workers = 0
@@ -72,9 +74,14 @@ class StatusReporter:
     def follow_engine(self) -> None:
         """The status thread: workers, scaling, and tasks that waited for nodes."""
         last = 0.0
+        told = (-1, 0.0)  # worker count last told to on_workers, and when
         while not self.stopping.wait(0.5):
             try:
                 self.workers = self.engine.worker_count()
+                if self.on_workers is not None and (
+                        self.workers != told[0] or time.monotonic() - told[1] > 10):
+                    told = (self.workers, time.monotonic())
+                    self.on_workers(self.workers)
                 if time.monotonic() - last >= self.heartbeat_interval:
                     last = time.monotonic()
                     self._engine_status = self.engine.status()

@@ -78,12 +78,7 @@ def results():
     for r in batch.results:
         within_limit(f"result of task {r.task_id}", len(r.result or b""),
                      fed().settings.max_payload_bytes, "max_payload_bytes")
-    store = fed().store
-    stored, dup = store.store_results(endpoint_id, batch.results)
-    try:
-        store.touch(endpoint_id, batch.session)
-    except StaleSession:
-        pass  # results of a replaced session are still good results
+    stored, dup = fed().store.store_results(endpoint_id, batch.results, batch.session)
     return reply({"stored": stored, "duplicates": dup})
 
 

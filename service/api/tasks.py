@@ -10,13 +10,12 @@ from fedcompute.protocol import API_VERSION, TaskBatch, TaskIds, packb
 from flask import Blueprint, request
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound
 
-from ..access import owned
+from ..access import owned, usable
 from ..auth import require_user
 from ..context import fed
 from ..jobs import enqueue_fanout
 from ..scopes import READ, SUBMIT
 from . import uuid_arg
-from .endpoints import visible_endpoint
 from .wire import parse, reply, within_limit
 
 bp = Blueprint("tasks", __name__, url_prefix=f"/{API_VERSION}")
@@ -31,10 +30,11 @@ def _check_batch(batch: TaskBatch, user: str) -> None:
     for task in batch.tasks:
         within_limit(f"task {task.task_id} payload", len(task.payload),
                      settings.max_payload_bytes, "max_payload_bytes")
-    endpoint = visible_endpoint(batch.endpoint_id, user)
+    endpoint = usable(fed().store.endpoint_access(batch.endpoint_id), user,
+                      f"endpoint {batch.endpoint_id}")
     function_ids = sorted({t.function_id for t in batch.tasks})
-    usable = fed().store.functions_usable(function_ids, user, getattr(user, "groups", ()))
-    for fid, ok in usable.items():
+    verdicts = fed().store.functions_usable(function_ids, user, getattr(user, "groups", ()))
+    for fid, ok in verdicts.items():
         if not ok:
             raise NotFound(f"function {fid} not found")
     allowed = endpoint["allowed_functions"]

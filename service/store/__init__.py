@@ -10,6 +10,7 @@
 ``leases``      agent sessions and the lease protocol
 ``maintenance`` reclaiming the leases of silent endpoints
 ``wakeups``     long-polls woken through pub/sub
+``cache``       per-process caches of hot records, invalidated through pub/sub
 ``console``     the web console's sessions and light, bounded reads
 ============== =====================================================================
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .cache import Cache, RateCounter
 from .connection import connect
 from .console import Console
 from .endpoints import Endpoints
@@ -64,9 +66,11 @@ class Store:
                              health_check_interval=30, max_connections=512)
         self.wakeups = Wakeups(self.redis, self.stopping)
         scripts = Scripts(self.redis, settings.redis_min_replicas, settings.redis_wait_timeout)
-        self.tokens = Tokens(self.redis)
-        self.functions = Functions(self.redis)
-        self.endpoints = Endpoints(self.redis, self.tokens, settings.heartbeat_timeout)
+        self.cache = Cache(self.redis, self.wakeups)
+        self.tokens = Tokens(self.redis, self.cache, RateCounter(self.redis))
+        self.functions = Functions(self.redis, self.cache)
+        self.endpoints = Endpoints(self.redis, self.tokens, settings.heartbeat_timeout,
+                                   self.cache)
         self.tasks = Tasks(self.redis, self.wakeups, scripts, settings.task_ttl,
                            settings.result_ttl)
         self.leases = Leases(self.redis, self.wakeups, scripts, settings)
@@ -99,6 +103,7 @@ class Store:
 
     put_endpoint = _Part("endpoints")
     get_endpoint = _Part("endpoints")
+    endpoint_access = _Part("endpoints")
     endpoints_of = _Part("endpoints")
     endpoint_counts = _Part("endpoints")
     share_endpoint = _Part("endpoints")

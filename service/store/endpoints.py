@@ -8,15 +8,18 @@ import time
 import redis
 
 from . import keys
+from .cache import Cache
 from .records import names_json, sharing, sharing_allows, text, update_sharing
 from .tokens import Tokens
 
 
 class Endpoints:
-    def __init__(self, client: redis.Redis, tokens: Tokens, heartbeat_timeout: float):
+    def __init__(self, client: redis.Redis, tokens: Tokens, heartbeat_timeout: float,
+                 cache: Cache):
         self.redis = client
         self.tokens = tokens
         self.heartbeat_timeout = heartbeat_timeout
+        self.cache = cache
 
     def put_endpoint(self, endpoint_id: str, owner: str, name: str, public: bool,
                      shared_with: list[str], allowed_functions: list[str] | None,
@@ -48,6 +51,12 @@ class Endpoints:
             if "BUSYGROUP" not in str(exc):
                 raise
         self.tokens.add_token(credential_hash, "endpoint", endpoint_id)
+        self.cache.invalidate(key, *([keys.token(old.decode())] if old else []))
+
+    def endpoint_access(self, endpoint_id: str) -> dict | None:
+        """:meth:`get_endpoint` for access checks on the hot path: cached (its sharing and
+        allowed functions are current; its status may be a few seconds old)."""
+        return self.cache.get(keys.endpoint(endpoint_id), lambda: self.get_endpoint(endpoint_id))
 
     def get_endpoint(self, endpoint_id: str) -> dict | None:
         raw = self.redis.hgetall(keys.endpoint(endpoint_id))
@@ -100,6 +109,7 @@ class Endpoints:
                        shared_with_groups: list[str] | None = None) -> None:
         update_sharing(self.redis, keys.endpoint(endpoint_id), public, shared_with,
                        allowed_functions, clear_allowed, shared_with_groups)
+        self.cache.invalidate(keys.endpoint(endpoint_id))
 
     def delete_endpoint(self, endpoint_id: str, owner: str) -> None:
         self.tokens.revoke_tokens("endpoint", endpoint_id)
@@ -109,3 +119,4 @@ class Endpoints:
         pipe.srem(keys.endpoints(), endpoint_id)
         pipe.zrem(keys.endpoint_beats(), endpoint_id)
         pipe.execute()
+        self.cache.invalidate(keys.endpoint(endpoint_id))

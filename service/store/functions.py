@@ -8,12 +8,14 @@ import uuid
 import redis
 
 from . import keys
+from .cache import Cache, invalidation
 from .records import names_json, sharing, sharing_allows, update_sharing
 
 
 class Functions:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, cache: Cache):
         self.redis = client
+        self.cache = cache
 
     def put_function(self, owner: str, name: str, body: bytes, digest: str, description: str,
                      public: bool, shared_with: list[str],
@@ -28,7 +30,9 @@ class Functions:
                                 "shared_with": names_json(shared_with),
                                 "shared_with_groups": names_json(shared_with_groups or [])})
         pipe.sadd(keys.user_functions(owner), function_id)
+        pipe.publish(invalidation(key), "")  # its sharing may have changed
         pipe.execute()
+        self.cache.drop(key)
         return function_id
 
     def get_function(self, function_id: str, with_body: bool = False) -> dict | None:
@@ -54,16 +58,16 @@ class Functions:
                          groups: list[str] | None = None) -> dict[str, bool | None]:
         """For each id: usable by ``user`` (or its ``groups``), not usable (False), or unknown
         (None)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for fid in function_ids:
-            pipe.hmget(keys.function(fid), "owner", "public", "shared_with",
-                       "shared_with_groups")
         out: dict[str, bool | None] = {}
-        for fid, (owner, public, shared, groups_of) in zip(function_ids, pipe.execute(),
-                                                           strict=True):
-            out[fid] = None if owner is None else sharing_allows(
-                sharing(owner, public, shared, groups_of), user, groups)
+        for fid in function_ids:
+            record = self.cache.get(keys.function(fid), lambda fid=fid: self._sharing(fid))
+            out[fid] = None if record is None else sharing_allows(record, user, groups)
         return out
+
+    def _sharing(self, function_id: str) -> dict | None:
+        owner, public, shared, groups_of = self.redis.hmget(
+            keys.function(function_id), "owner", "public", "shared_with", "shared_with_groups")
+        return None if owner is None else sharing(owner, public, shared, groups_of)
 
     def function_bodies(self, function_ids: list[str]) -> dict[str, bytes]:
         pipe = self.redis.pipeline(transaction=False)
@@ -77,10 +81,12 @@ class Functions:
                        shared_with_groups: list[str] | None = None) -> None:
         update_sharing(self.redis, keys.function(function_id), public, shared_with,
                        shared_with_groups=shared_with_groups)
+        self.cache.invalidate(keys.function(function_id))
 
     def delete_function(self, function_id: str, owner: str) -> None:
         pipe = self.redis.pipeline()
         pipe.delete(keys.function(function_id))
         pipe.srem(keys.user_functions(owner), function_id)
         pipe.execute()
+        self.cache.invalidate(keys.function(function_id))
 

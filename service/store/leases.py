@@ -82,27 +82,34 @@ class Leases:
         never be reclaimed. Raises :class:`StaleSession` if the session was replaced.
         A lease is a sign of life, with the agent's ``status`` if it sends one."""
         q = keys.queue(endpoint_id)
-        self.touch(endpoint_id, session, status)
+        head = [q, keys.endpoint(endpoint_id), keys.endpoint_beats()]
+        status_json = json.dumps(status) if status is not None else ""
+        calls = 0
+
+        def lease_now(extra: list[Any]) -> list | None:
+            nonlocal calls
+            stale, tasks = self.scripts.lease(keys=head, args=[
+                session, time.time(), max_tasks, int(calls == 0), status_json if not calls
+                else "", endpoint_id, *extra])
+            calls += 1
+            if stale == 1:
+                raise StaleSession(session)
+            if stale == 2:
+                return [None]  # expired while this request waited: nothing; it may resume
+            return tasks or None
+
         if recover:
-            entries = self._own_pending_entries(q, session)
+            extra: list[Any] = []
+            for entry, fields in self._own_pending_entries(q, session):
+                extra += [entry, fields[b"t"]]
+            if not extra:
+                self.touch(endpoint_id, session, status)
+                return []
+            tasks = lease_now(extra)
         else:
-            reply = self.wakeups.poll(lambda: self.redis.xreadgroup(
-                keys.CONSUMER_GROUP, session, {q: ">"}, count=max_tasks),
-                keys.wake_queue(endpoint_id), wait)
-            entries = reply[0][1] if reply else []
-        if not entries:
+            tasks = self.wakeups.poll(lambda: lease_now([]), keys.wake_queue(endpoint_id), wait)
+        if not tasks or tasks == [None]:
             return []
-        argv: list[Any] = [session, time.time()]
-        task_keys = []
-        for entry, fields in entries:
-            argv += [entry, fields[b"t"]]
-            task_keys.append(keys.task(fields[b"t"].decode()))
-        stale, tasks = self.scripts.lease(keys=[q, keys.endpoint(endpoint_id), *task_keys],
-                                          args=argv)
-        if stale == 1:
-            raise StaleSession(session)
-        if stale == 2:
-            return []  # expired while this request was blocked: handed back; it may resume
         return [{"task_id": tid.decode(), "function_id": fid.decode(), "payload": payload,
                  "resource_specification": unpackb(resources) if resources else None,
                  "options": unpackb(options) if options else None,

@@ -105,15 +105,18 @@ class Tasks:
                                 args=[tid, now, self.result_ttl, envelope(tid)], client=pipe)
         return {tid: s.decode() for tid, s in zip(task_ids, pipe.execute(), strict=True)}
 
-    def store_results(self, endpoint_id: str, results: list[TaskResult]) -> tuple[int, int]:
-        """Store an endpoint's finished tasks; returns (stored, duplicates)."""
-        argv: list[Any] = [endpoint_id, time.time(), self.result_ttl]
+    def store_results(self, endpoint_id: str, results: list[TaskResult], session: str = ""
+                      ) -> tuple[int, int]:
+        """Store an endpoint's finished tasks (reported by agent ``session``, whose sign of
+        life they are); returns (stored, duplicates)."""
+        argv: list[Any] = [endpoint_id, time.time(), self.result_ttl, session]
         for r in results:
             exc = r.exception.model_dump() if r.exception is not None else None
             argv += [r.task_id, r.status, r.result or b"", _packed_or_empty(exc),
                      r.stdout or "", r.stderr or ""]
         stored, dup = self.scripts.durably(
-            "results", keys=[keys.queue(endpoint_id), *(keys.task(r.task_id) for r in results)],
+            "results", keys=[keys.queue(endpoint_id), keys.endpoint(endpoint_id),
+                             keys.endpoint_beats(), *(keys.task(r.task_id) for r in results)],
             args=argv)
         return int(stored), int(dup)
 
@@ -162,13 +165,18 @@ class Tasks:
 
     def read_results(self, group: str, cursor: str, wait: float, limit: int
                      ) -> tuple[str, list[dict]]:
-        """Long-poll a task group's result stream after ``cursor``."""
+        """Long-poll a task group's result stream after ``cursor``: its next finished tasks'
+        records (one script reads the stream and the records)."""
         stream = keys.group_results(group)
-        reply = self.wakeups.poll(lambda: self.redis.xread({stream: cursor}, count=limit),
-                                  keys.wake_results(group), wait)
+        fields = [*TASK_FIELDS, *(f"t_{s}" for s in TIMESTAMP_STATES)]
+
+        def read() -> tuple[bytes, list] | None:
+            last, rows = self.scripts.read_results(keys=[stream], args=[cursor, limit, *fields])
+            return (last, rows) if rows else None
+
+        reply = self.wakeups.poll(read, keys.wake_results(group), wait)
         if not reply:
             return cursor, []
-        entries = reply[0][1]
-        ids = [fields[b"t"].decode() for _, fields in entries]
-        records = [r for r in self.get_tasks(ids) if r is not None]
-        return entries[-1][0].decode(), records
+        last, rows = reply
+        records = [task_record(row[0].decode(), row[1:]) for row in rows]
+        return last.decode(), [r for r in records if r is not None]

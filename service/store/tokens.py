@@ -14,6 +14,7 @@ import time
 import redis
 
 from . import keys
+from .cache import Cache, RateCounter
 from .records import text
 
 #: How long an expired token's record stays, to answer "expired" rather than "invalid".
@@ -27,8 +28,10 @@ def _owner_set(kind: str, name: str) -> str:
 class Tokens:
     """Principals: users, and the token hashes that stand for a user or an endpoint."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, cache: Cache, rates: RateCounter):
         self.redis = client
+        self.cache = cache
+        self.rates = rates
 
     def create_user(self, name: str) -> bool:
         """Create ``name`` if new; True if it was created."""
@@ -55,30 +58,27 @@ class Tokens:
         pipe.sadd(_owner_set(kind, name), token_hash)
         pipe.execute()
 
+    def _principal(self, token_hash: str) -> dict | None:
+        kind, name, scopes, expires = self.redis.hmget(keys.token(token_hash), "kind", "name",
+                                                       "scopes", "expires")
+        if not kind:
+            return None
+        return {"kind": text(kind), "name": text(name),
+                "scopes": json.loads(scopes) if scopes else None,
+                "expires": float(expires) if expires else None}
+
     def lookup_token(self, token_hash: str, rate_window: int = 0) -> tuple[dict, int]:
         """The token's principal (``kind``, ``name``, ``scopes``: a list or None for all,
         ``expires``: epoch seconds or None) and, if rate limiting is on, this window's request
-        count."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(keys.token(token_hash), "kind", "name", "scopes", "expires")
-        if rate_window:
-            key = keys.rate(token_hash, int(time.time() // rate_window))
-            pipe.incr(key)
-            pipe.expire(key, rate_window * 2)
-        out = pipe.execute()
-        kind, name, scopes, expires = out[0]
-        principal = {"kind": text(kind), "name": text(name),
-                     "scopes": json.loads(scopes) if scopes else None,
-                     "expires": float(expires) if expires else None} if kind else {}
-        return principal, (out[1] if rate_window else 0)
+        count. Cached (see ``cache.py``): a revoked token is refused at once everywhere."""
+        principal = self.cache.get(keys.token(token_hash),
+                                   lambda: self._principal(token_hash)) or {}
+        count = self.rates.count(token_hash, rate_window) if rate_window and principal else 0
+        return principal, count
 
     def count_request(self, subject: str, rate_window: int) -> int:
         """Count a request of ``subject`` (e.g. an OIDC user) in this rate window."""
-        key = keys.rate(subject, int(time.time() // rate_window))
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, rate_window * 2)
-        return int(pipe.execute()[0])
+        return self.rates.count(subject, rate_window)
 
     def tokens_of(self, kind: str, name: str) -> list[dict]:
         """The token records (without hashes' secrets: hashes are not tokens) of a principal."""
@@ -104,6 +104,8 @@ class Tokens:
             pipe.delete(keys.token(h))
         pipe.delete(owner_set)
         pipe.execute()
+        if hashes:
+            self.cache.invalidate(*(keys.token(h) for h in hashes))
         return len(hashes)
 
     def revoke_token(self, token_hash: str) -> bool:
@@ -114,4 +116,5 @@ class Tokens:
         pipe.delete(keys.token(token_hash))
         pipe.srem(_owner_set(principal["kind"], principal["name"]), token_hash)
         pipe.execute()
+        self.cache.invalidate(keys.token(token_hash))
         return True

@@ -1,27 +1,55 @@
--- LEASE: hand entries just read from the queue (XREADGROUP) to an agent session.
--- KEYS[1] the endpoint's queue   KEYS[2] the endpoint's hash   KEYS[2+i] the i-th task's hash
--- ARGV[1] session, ARGV[2] now, then 2 per entry: entry id, task id.
+-- LEASE: read new entries of the endpoint's queue for an agent session and lease their tasks,
+-- in one step (XREADGROUP inside the script), or lease entries the session already holds
+-- (``recover``: the reply of an earlier lease was lost).
+-- KEYS[1] the endpoint's queue   KEYS[2] the endpoint's hash   KEYS[3] the sign-of-life index
+-- ARGV[1] session, ARGV[2] now, ARGV[3] max tasks, ARGV[4] first read of the request (1|0),
+-- ARGV[5] status json ('' for none), ARGV[6] endpoint id,
+-- then, to recover, 2 per entry: entry id, task id (no new entries are read then).
+-- The session is current (or, with `may resume`, it takes itself back after it expired, as
+-- any sign of life does: see TOUCH) or it gets nothing: a long-poll outliving its agent must
+-- not lease tasks to nobody; only a request's first read may resume a session, and only it is
+-- a sign of life (a poll that waits re-reads, but says nothing of its agent).
 -- Returns {stale, tasks}: stale is 0, 1 (another session replaced this one) or 2 (this
--- session went silent and its leases were reclaimed). A stale session gets nothing: what was
--- just delivered to it (a long-poll outliving its agent, or blocked while the agent was silent)
--- goes back on the queue with no attempt counted, or it would be leased to nobody. Each task is
--- {task id, function id, payload, resources, options, attempts, owner}.
-local queue, endpoint_key = KEYS[1], KEYS[2]
-local session, now = ARGV[1], ARGV[2]
-local FIRST, STRIDE = 3, 2
+-- session expired). Each task is {task id, function id, payload, resources, options,
+-- attempts, owner}.
+local queue, endpoint_key, beats = KEYS[1], KEYS[2], KEYS[3]
+local session, now, max_tasks, first, status, endpoint_id =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[5], ARGV[6]
+local FIRST, STRIDE = 7, 2
 
 local current = redis.call('HGET', endpoint_key, 'session')
-local stale = current ~= session
+if current and current ~= '' and current ~= session then return {1, {}} end
+if current ~= session then
+  if not first then return {2, {}} end
+  redis.call('HSET', endpoint_key, 'session', session)
+end
+if first then
+  redis.call('HSET', endpoint_key, 'last_heartbeat', now)
+  redis.call('ZADD', beats, now, endpoint_id)
+  if status ~= '' then redis.call('HSET', endpoint_key, 'status', status) end
+end
+
+local entries = {}
+if #ARGV >= FIRST then
+  for a = FIRST, #ARGV, STRIDE do table.insert(entries, {ARGV[a], ARGV[a + 1]}) end
+else
+  local read = redis.call('XREADGROUP', 'GROUP', CONSUMER_GROUP, session, 'COUNT', max_tasks,
+    'STREAMS', queue, '>')
+  if read then
+    for _, item in ipairs(read[1][2]) do
+      local fields = item[2]
+      if fields and fields[2] then table.insert(entries, {item[1], fields[2]}) end
+    end
+  end
+end
+
 local out = {}
-for i = 1, #KEYS - 2 do
-  local task_key, a = KEYS[2 + i], FIRST + (i - 1) * STRIDE
-  local entry, task_id = ARGV[a], ARGV[a + 1]
+for _, e in ipairs(entries) do
+  local entry, task_id = e[1], e[2]
+  local task_key = key_for(KEY_TEMPLATES.task, task_id)
   local state = redis.call('HGET', task_key, 'state')
   if (not state) or is_final(state) or redis.call('HGET', task_key, 'entry') ~= entry then
     drop_entry(queue, entry)  -- expired, finished or cancelled, or an outdated entry
-  elseif stale then
-    drop_entry(queue, entry)
-    requeue(task_key, task_id, queue, now)
   else
     if state ~= 'running' and state ~= 'waiting-for-nodes' then
       set_state(task_key, 'running', now)
@@ -32,6 +60,4 @@ for i = 1, #KEYS - 2 do
     table.insert(out, {task_id, f[1], f[2], f[3], f[4], f[5], f[6]})
   end
 end
-local code = 0
-if stale then code = ((not current or current == '') and 2 or 1) end
-return done({code, out})
+return done({0, out})

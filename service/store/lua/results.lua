@@ -1,16 +1,24 @@
 -- RESULTS: store finished tasks reported by an endpoint; each one's lease ends.
--- KEYS[1] the endpoint's queue   KEYS[1+i] the i-th task's hash
--- ARGV[1] endpoint id, ARGV[2] now, ARGV[3] result ttl,
--- then 6 per result: task id, state (success|failed), result, exception, stdout, stderr.
--- Returns {stored, duplicates}: a duplicate is a task already final (a redelivered task
--- finished twice) or not this endpoint's.
-local queue = KEYS[1]
-local endpoint_id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local FIRST, STRIDE = 4, 6
+-- KEYS[1] the endpoint's queue   KEYS[2] the endpoint's hash   KEYS[3] the sign-of-life index
+-- KEYS[3+i] the i-th task's hash
+-- ARGV[1] endpoint id, ARGV[2] now, ARGV[3] result ttl, ARGV[4] the reporting agent session,
+-- then 6 per result: task id, state (success|failed|cancelled), result, exception, stdout,
+-- stderr.
+-- Results of a replaced session are good results too; the current session's are also its
+-- sign of life. Returns {stored, duplicates}: a duplicate is a task already final (a
+-- redelivered task finished twice) or not this endpoint's.
+local queue, endpoint_key, beats = KEYS[1], KEYS[2], KEYS[3]
+local endpoint_id, now, ttl, session = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local FIRST, STRIDE, TASKS = 5, 6, 3
+
+if redis.call('HGET', endpoint_key, 'session') == session then
+  redis.call('HSET', endpoint_key, 'last_heartbeat', now)
+  redis.call('ZADD', beats, now, endpoint_id)
+end
 
 local stored, duplicates = 0, 0
-for i = 1, #KEYS - 1 do
-  local task_key, a = KEYS[1 + i], FIRST + (i - 1) * STRIDE
+for i = 1, #KEYS - TASKS do
+  local task_key, a = KEYS[TASKS + i], FIRST + (i - 1) * STRIDE
   local task_id, state = ARGV[a], ARGV[a + 1]
   local f = redis.call('HMGET', task_key, 'state', 'endpoint', 'entry')
   if (not f[1]) or f[2] ~= endpoint_id or is_final(f[1]) then

@@ -1,0 +1,307 @@
+"""The lane in a Dask worker: a TCP endpoint the agent sends short tasks to, and executor
+processes that run them (as Parsl's interchange feeds its workers), without a Dask task each.
+
+Dask still provisions, scales and replaces the workers: the lane is a worker plugin
+(:class:`LanePlugin`), started in every worker the cluster brings up. The agent finds the lanes
+with ``Client.run(lane_address)`` and connects; the first frame must carry the lane's secret
+(the lane runs code it is sent, so nobody else may connect).
+
+Frames from the agent: ``{"op": "hello", "secret"}``, ``{"op": "run", "tasks": [...],
+"bodies": {function_id: body}}``, ``{"op": "stop", "task_ids": [...], "why": "cancel"}``.
+To the agent: ``{"op": "started", "task_ids", "host", "pid"}`` and ``{"op": "results",
+"results": [...]}`` (batched: whatever finished meanwhile goes in one frame).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+from fedcompute import errors, process
+
+from ..records import LeasedTask, TaskResult
+from .executor import STOP_CANCEL, STOP_WALLTIME
+from .frames import PipeFrames, SocketFrames
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "fedcompute-lane"
+#: After the soft stop (an exception raised in the task), how long before SIGKILL.
+GRACE = {"walltime": 5.0, "cancel": 1.0}
+
+
+class Executor:
+    """One executor process and the thread that feeds it, one task at a time."""
+
+    def __init__(self, lane: LaneServer, index: int):
+        self.lane = lane
+        self.index = index
+        self.proc: subprocess.Popen | None = None
+        self.frames: PipeFrames | None = None
+        self.task: LeasedTask | None = None
+        self.stop_reason: str | None = None
+        self.stop_deadline: float | None = None
+        self.known: set[str] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True, name=f"fedcompute-lane-{index}").start()
+
+    def _spawn(self) -> None:
+        # From this thread, which lives as long as the worker: the executor dies with it.
+        self.proc = process.spawn(
+            [sys.executable, "-m", "fedcompute.endpoint.lane.executor",
+             str(self.lane.max_result_size)], death_signal=signal.SIGKILL, new_session=False,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.frames = PipeFrames(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+        ready = self.frames.recv()
+        if not ready:
+            raise RuntimeError(f"lane executor exited with {self.proc.wait()}")
+        self.known = set()
+
+    def _run(self) -> None:
+        while not self.lane.closed:
+            task = self.lane.next_task()
+            if task is None:
+                continue
+            try:
+                if self.proc is None or self.proc.poll() is not None:
+                    self._spawn()
+                result = self._one(task)
+            except Exception as exc:  # noqa: BLE001 - the executor could not be started
+                log.warning("lane executor %d: %s", self.index, exc)
+                result = TaskResult.failure(task.task_id, exc)
+                self.proc = None
+            self.lane.done(result)
+
+    def _one(self, task: LeasedTask) -> TaskResult:
+        body = None if task.function_id in self.known else self.lane.bodies[task.function_id]
+        with self._lock:
+            self.task, self.stop_reason, self.stop_deadline = task, None, None
+        self.lane.started(task)
+        self.frames.send([task.lane_wire(), body])
+        self.known.add(task.function_id)
+        timer = None
+        if task.walltime:
+            timer = threading.Timer(task.walltime, self.stop, (task.task_id, "walltime"))
+            timer.daemon = True
+            timer.start()
+        try:
+            reply = self.frames.recv()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                reason, self.task = self.stop_reason, None
+        if reply is None:  # the executor died under the task
+            code = self.proc.wait()
+            self.proc = None
+            if reason == "cancel":
+                return _cancelled(task.task_id)
+            if reason == "walltime":
+                return TaskResult.failure(task.task_id, errors.WalltimeExceeded(
+                    f"task ran past its walltime of {task.walltime}s and was stopped"))
+            return TaskResult.failure(task.task_id, errors.WorkerLost(
+                f"the worker process running this task died (exit code {code}: segfault, "
+                "os._exit, out of memory or killed)"))
+        result = TaskResult.from_wire(reply)
+        if reason == "cancel" and result.status == "failed":
+            return _cancelled(task.task_id)
+        return result
+
+    def stop(self, task_id: str, reason: str) -> bool:
+        """Stop ``task_id`` if this executor runs it: the signal now, SIGKILL after grace."""
+        with self._lock:
+            if self.task is None or self.task.task_id != task_id or self.proc is None:
+                return False
+            self.stop_reason = reason
+            proc = self.proc
+        proc.send_signal(STOP_CANCEL if reason == "cancel" else STOP_WALLTIME)
+        killer = threading.Timer(GRACE[reason], self._kill_if_still, (task_id, proc))
+        killer.daemon = True
+        killer.start()
+        return True
+
+    def _kill_if_still(self, task_id: str, proc: subprocess.Popen) -> None:
+        with self._lock:
+            still = self.task is not None and self.task.task_id == task_id
+        if still and proc.poll() is None:
+            proc.kill()
+
+
+def _cancelled(task_id: str) -> TaskResult:
+    result = TaskResult.failure(task_id, errors.TaskCancelled(
+        f"task {task_id} was cancelled while it ran"))
+    result.status = "cancelled"
+    return result
+
+
+class LaneServer:
+    """The lane of one Dask worker process."""
+
+    def __init__(self, host: str, secret: str, executors: int, max_result_size: int):
+        self.secret = secret
+        self.max_result_size = max_result_size
+        self.closed = False
+        self.bodies: dict[str, bytes] = {}
+        self._queue: deque[LeasedTask] = deque()
+        self._ready = threading.Condition()
+        self._outbox: queue.Queue[dict] = queue.Queue()
+        self._conn: SocketFrames | None = None
+        self._server = socket.create_server((host, 0))
+        self.address = f"{host}:{self._server.getsockname()[1]}"
+        self.host = socket.gethostname()
+        self.executors = [Executor(self, i) for i in range(max(1, executors))]
+        self._sending = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="fedcompute-lane-accept").start()
+
+    # --- the agent's connection ------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                sock, _ = self._server.accept()
+            except OSError:
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(SocketFrames(sock),), daemon=True,
+                             name="fedcompute-lane-conn").start()
+
+    def _serve(self, conn: SocketFrames) -> None:
+        try:
+            hello = conn.recv()
+            if not (isinstance(hello, dict) and hmac.compare_digest(
+                    str(hello.get("secret", "")), self.secret)):
+                conn.close()
+                return
+            with self._ready:  # a new agent session: what the old one queued is dropped
+                self._queue.clear()
+                old, self._conn = self._conn, conn
+            if old is not None:
+                old.close()
+            conn.send({"op": "welcome", "executors": len(self.executors), "host": self.host})
+            while (message := conn.recv()) is not None:
+                if message.get("op") == "run":
+                    self.bodies.update(message.get("bodies") or {})
+                    tasks = [LeasedTask(**t) for t in message["tasks"]]
+                    with self._ready:
+                        self._queue.extend(tasks)
+                        self._ready.notify(len(tasks))
+                elif message.get("op") == "stop":
+                    self._stop(message["task_ids"], message.get("why", "cancel"))
+        except (OSError, ValueError) as exc:
+            log.info("lane connection ended: %s", exc)
+        finally:
+            with self._ready:
+                if self._conn is conn:
+                    self._conn = None
+                    self._queue.clear()  # the agent reruns what it had here
+            conn.close()
+
+    def _stop(self, task_ids: list[str], why: str) -> None:
+        wanted = set(task_ids)
+        with self._ready:  # not started yet: never starts
+            queued = [t for t in self._queue if t.task_id in wanted]
+            for t in queued:
+                self._queue.remove(t)
+        for t in queued:
+            self.done(_cancelled(t.task_id))
+        for executor in self.executors:
+            task = executor.task
+            if task is not None and task.task_id in wanted:
+                executor.stop(task.task_id, why)
+
+    # --- executors -------------------------------------------------------------------
+
+    def next_task(self) -> LeasedTask | None:
+        with self._ready:
+            if not self._queue:
+                self._ready.wait(1.0)
+            return self._queue.popleft() if self._queue else None
+
+    def started(self, task: LeasedTask) -> None:
+        self._outbox.put({"op": "started", "task_ids": [task.task_id], "host": self.host,
+                          "pid": os.getpid(), "at": time.time()})
+        self._flush()
+
+    def done(self, result: TaskResult) -> None:
+        self._outbox.put({"op": "result", "result": result.wire()})
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what is in the outbox, from the calling thread, unless another thread is
+        sending: then that one takes it along (one frame for whatever piled up meanwhile,
+        no thread hop when the lane is quiet)."""
+        while not self._outbox.empty() and self._sending.acquire(blocking=False):
+            try:
+                self._send_outbox()
+            finally:
+                self._sending.release()
+
+    def _send_outbox(self) -> None:
+        items = []
+        while True:
+            try:
+                items.append(self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        if items:
+            frame = {"op": "batch",
+                     "results": [i["result"] for i in items if i["op"] == "result"],
+                     "started": [[i["task_ids"][0], i["at"]] for i in items
+                                 if i["op"] == "started"],
+                     "host": self.host, "pid": os.getpid()}
+            conn = self._conn
+            if conn is None:
+                return  # the agent is gone: it reruns these, or they were reclaimed
+            try:
+                conn.send(frame)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self._server.close()
+        with self._ready:
+            self._ready.notify_all()
+        for executor in self.executors:
+            if executor.proc is not None and executor.proc.poll() is None:
+                executor.proc.kill()
+
+
+class LanePlugin(WorkerPlugin):
+    """A Dask worker plugin (``Client.register_plugin``): starts the worker's lane."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, secret: str, max_result_size: int, executors: int | None = None):
+        self.secret = secret
+        self.max_result_size = max_result_size
+        self.executors = executors
+        self.lane: LaneServer | None = None
+
+    def setup(self, worker: Any) -> None:
+        host = worker.address.split("://", 1)[-1].rsplit(":", 1)[0] or "127.0.0.1"
+        self.lane = LaneServer(host, self.secret, self.executors or worker.state.nthreads,
+                               self.max_result_size)
+
+    def teardown(self, worker: Any) -> None:
+        if self.lane is not None:
+            self.lane.close()
+
+
+def lane_address(dask_worker: Any) -> str | None:
+    """``Client.run(lane_address)``: this worker's lane, if it has one."""
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    lane = getattr(plugin, "lane", None)
+    return lane.address if lane is not None else None

@@ -1,0 +1,119 @@
+"""The fast lane's executor processes, driven directly (no Dask, no service): tasks run and
+come back, a walltime or a cancellation stops a task at once (even in ``time.sleep``), a task
+that kills its process fails alone, and only the agent holding the secret may connect."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+import pytest
+from fedcompute import serialize
+from fedcompute.endpoint.lane.frames import SocketFrames
+from fedcompute.endpoint.lane.server import LaneServer
+from fedcompute.endpoint.records import LeasedTask, TaskResult
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def square(x):
+    return x * x
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return "woke"
+
+
+def die():
+    os._exit(3)
+
+
+@pytest.fixture
+def lane():
+    server = LaneServer("127.0.0.1", "s3cret", executors=2, max_result_size=1 << 20)
+    yield server
+    server.close()
+
+
+def _connect(lane: LaneServer, secret: str = "s3cret") -> SocketFrames:
+    host, _, port = lane.address.rpartition(":")
+    frames = SocketFrames(socket.create_connection((host, int(port)), timeout=30))
+    frames.send({"op": "hello", "secret": secret})
+    return frames
+
+
+def _task(fn, *args, walltime=None) -> tuple[LeasedTask, dict]:
+    body = serialize.serialize_function(fn)
+    fid = serialize.function_digest(body)[:32]
+    fid = str(uuid.UUID(fid))
+    task = LeasedTask(str(uuid.uuid4()), fid, serialize.serialize_args(args, {}),
+                      walltime=walltime)
+    return task, {fid: body}
+
+
+def _results(frames: SocketFrames, n: int, timeout: float = 60) -> dict[str, TaskResult]:
+    out: dict[str, TaskResult] = {}
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        frame = frames.recv()
+        assert frame is not None, "the lane hung up"
+        for r in frame.get("results") or ():
+            out[r["task_id"]] = TaskResult.from_wire(r)
+    return out
+
+
+def _run(frames, *tasks_and_bodies):
+    bodies = {}
+    for _, b in tasks_and_bodies:
+        bodies.update(b)
+    frames.send({"op": "run", "tasks": [t.lane_wire() for t, _ in tasks_and_bodies],
+                 "bodies": bodies})
+
+
+def test_tasks_run_and_results_come_back(lane):
+    frames = _connect(lane)
+    assert frames.recv()["op"] == "welcome"
+    tasks = [_task(square, i) for i in range(50)]
+    _run(frames, *tasks)
+    results = _results(frames, 50)
+    assert {serialize.loads(results[t.task_id].result) for t, _ in tasks} == \
+        {i * i for i in range(50)}
+
+
+def test_walltime_and_cancel_stop_a_sleeping_task_at_once(lane):
+    frames = _connect(lane)
+    frames.recv()
+    slow, b1 = _task(nap, 60, walltime=0.5)
+    doomed, b2 = _task(nap, 60)
+    _run(frames, (slow, b1), (doomed, b2))
+    time.sleep(0.5)
+    started = time.monotonic()
+    frames.send({"op": "stop", "task_ids": [doomed.task_id], "why": "cancel"})
+    results = _results(frames, 2)
+    assert time.monotonic() - started < 3
+    assert results[slow.task_id].status == "failed"
+    assert "WalltimeExceeded" in results[slow.task_id].exception["type"]
+    assert results[doomed.task_id].status == "cancelled"
+    # the executors are free again at once
+    again, b3 = _task(square, 7)
+    _run(frames, (again, b3))
+    assert serialize.loads(_results(frames, 1)[again.task_id].result) == 49
+
+
+def test_a_task_that_kills_its_process_fails_alone(lane):
+    frames = _connect(lane)
+    frames.recv()
+    culprit, b1 = _task(die)
+    bystanders = [_task(square, i) for i in range(10)]
+    _run(frames, (culprit, b1), *bystanders)
+    results = _results(frames, 11)
+    assert "WorkerLost" in results[culprit.task_id].exception["type"]
+    assert all(results[t.task_id].status == "success" for t, _ in bystanders)
+
+
+def test_the_wrong_secret_is_refused(lane):
+    frames = _connect(lane, secret="guess")
+    assert frames.recv() is None
