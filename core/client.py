@@ -536,7 +536,9 @@ class Client:
                 for tid, rec in self.get_task_records([str(t) for t in task_ids]).items()}
 
     def cancel_task(self, task_id: str) -> str:
-        """Cancel a task that has not started; returns its status afterwards."""
+        """Cancel a task, even a running one (stopped at the endpoint); returns its status
+        afterwards: ``cancelled``, ``cancelling`` (being stopped at the endpoint), or the
+        state of a task that has ended already."""
         return self.request("POST", f"/tasks/{task_id}/cancel", idempotent=True)["status"]
 
     def cancel_tasks(self, task_ids: list[str]) -> dict[str, str]:
@@ -549,12 +551,20 @@ class Client:
             out.update(reply["tasks"])
         return out
 
+    def cancel_task_group(self, task_group_id: UUIDLike) -> dict[str, int]:
+        """Cancel every unfinished task of a task group; how many ended in each state."""
+        return self.request("POST", f"/task_groups/{task_group_id}/cancel",
+                            idempotent=True)["states"]
+
     def get_task_group(self, task_group_id: str) -> list[str]:
         return self.request("GET", f"/task_groups/{task_group_id}")["task_ids"]
 
     def results_page(self, task_group_id: str, cursor: str = "0", wait: float = 20.0,
-                     limit: int = 5000) -> dict:
-        """One long-poll of a task group's result stream (used by ``Executor``)."""
-        return self.request("GET", f"/task_groups/{task_group_id}/results",
-                            params={"cursor": cursor, "wait": wait, "limit": limit},
+                     limit: int = 5000, events: bool = False) -> dict:
+        """One long-poll of a task group's result stream (used by ``Executor``); with
+        ``events`` also its state events (tasks leased, waiting for nodes, running)."""
+        params: dict[str, Any] = {"cursor": cursor, "wait": wait, "limit": limit}
+        if events:
+            params["events"] = "1"
+        return self.request("GET", f"/task_groups/{task_group_id}/results", params=params,
                             timeout=wait + 30, fast=True)

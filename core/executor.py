@@ -114,7 +114,7 @@ class Executor(concurrent.futures.Executor):
         self._futures: dict[str, ComputeFuture] = {}
         self._results = ResultPoller(self.client, lambda: self.task_group_id, poll_wait,
                                      lambda: bool(self._futures), self._resolve,
-                                     self._refused, self._lock)
+                                     self._refused, self._lock, self._state_event)
         self.task_group_id = task_group_id or uuid.uuid4()
         self.batch_size = max(1, batch_size)
         self.resource_specification = resource_specification
@@ -360,6 +360,13 @@ class Executor(concurrent.futures.Executor):
             waiting = list(self._futures.values())
         self._fail([(f, {}) for f in waiting], exc)
 
+    def _state_event(self, event: dict) -> None:
+        with self._lock:
+            futures = [self._futures.get(t) for t in event["task_ids"]]
+        for future in futures:
+            if future is not None and not future.done():
+                future._status = event["state"]
+
     def _resolve(self, record: dict) -> None:
         with self._lock:
             future = self._futures.pop(record["task_id"], None)
@@ -369,6 +376,7 @@ class Executor(concurrent.futures.Executor):
             return
         future.stdout = record.get("stdout")
         future.stderr = record.get("stderr")
+        future._status = record.get("status", future._status)
         try:
             ok, value = decode_outcome(record)
         except Exception as exc:  # noqa: BLE001 - e.g. result needs a module we lack
@@ -389,11 +397,25 @@ class Executor(concurrent.futures.Executor):
             status = self.client.cancel_task(future.task_id)
         except errors.ServiceError:
             return False
-        if status == "cancelled":
+        if status in ("cancelled", "cancelling"):  # cancelling: the endpoint stops it
             with self._lock:
                 self._futures.pop(future.task_id, None)
             return True
         return False
+
+    def cancel_task_group(self) -> dict[str, int]:
+        """Cancel every unfinished task of this executor's task group, running ones included
+        (also those another process submitted to it); counts by state afterwards."""
+        with self._lock:
+            mine = list(self._futures.values())
+        for future in mine:
+            if self._submitter.withdraw(future):
+                with self._lock:
+                    self._futures.pop(future.task_id, None)
+                future.cancel_local()
+        self.flush(30)
+        states = self.client.cancel_task_group(self.task_group_id)
+        return states
 
     def reload_tasks(self, task_group_id: UUIDLike | None = None) -> list[ComputeFuture]:
         """Futures for every task of a task group, e.g. submitted by a process that has exited."""
@@ -452,7 +474,7 @@ class Executor(concurrent.futures.Executor):
             log.warning("could not cancel %d tasks: %s", len(futures), exc)
             return
         for future in futures:
-            if statuses.get(future.task_id) == "cancelled":
+            if statuses.get(future.task_id) in ("cancelled", "cancelling"):
                 with self._lock:
                     self._futures.pop(future.task_id, None)
                     self._lock.notify_all()

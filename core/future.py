@@ -15,9 +15,21 @@ class ComputeFuture(concurrent.futures.Future):
         self.stdout: str | None = None
         self.stderr: str | None = None
         self._executor = executor
+        #: The task's last known state (see :meth:`status`).
+        self._status = "pending"
+
+    def status(self) -> str:
+        """The task's state as last heard, at no cost (from the state events on the result
+        stream the Executor reads anyway): ``pending`` (not sent yet), ``received``,
+        ``leased`` (queued at the endpoint), ``waiting-for-nodes``, ``running``, ``success``,
+        ``failed`` or ``cancelled``."""
+        if self.cancelled():
+            return "cancelled"
+        return self._status
 
     def cancel(self) -> bool:
-        """Cancel locally if unsent, else ask the service (only tasks not yet started)."""
+        """Cancel the task: locally if it has not been sent, else through the service, which
+        stops it at the endpoint even if it runs (True then). False once it has finished."""
         if self.done():
             return self.cancelled()
         executor = self._executor

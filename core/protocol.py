@@ -22,6 +22,7 @@ JSON = "application/json"
 class TaskState(enum.StrEnum):
     RECEIVED = "received"
     WAITING_FOR_ENDPOINT = "waiting-for-endpoint"
+    LEASED = "leased"  # handed to the endpoint, queued there for a worker
     WAITING_FOR_NODES = "waiting-for-nodes"
     RUNNING = "running"
     SUCCESS = "success"
@@ -185,6 +186,7 @@ class TaskRecord(Message):
     exception: ExceptionEnvelope | None = None
     stdout: str | None = None
     stderr: str | None = None
+    worker: dict[str, Any] | None = Field(None, description="where it ran: host, pid")
 
 
 class TaskIds(Message):
@@ -195,9 +197,18 @@ class TaskRecords(Message):
     tasks: dict[str, TaskRecord | None]
 
 
+class StateEvent(Message):
+    state: TaskState
+    task_ids: list[str]
+    at: float
+
+
 class ResultPage(Message):
     cursor: str = Field(description="pass back as ?cursor= to continue the stream")
     results: list[TaskRecord]
+    events: list[StateEvent] = Field(
+        default_factory=list, description="with ?events=1: tasks that were leased, wait for "
+                                          "nodes or started since the cursor")
 
 
 class GroupTasks(Message):
@@ -249,6 +260,8 @@ class LeasedTask(Message):
 class Lease(Message):
     tasks: list[LeasedTask]
     functions: dict[str, bytes] = Field(default_factory=dict)
+    cancel: list[str] = Field(default_factory=list,
+                              description="tasks the agent holds whose cancellation was asked for")
 
 
 class TaskResult(Message):
@@ -280,6 +293,8 @@ class TaskStateUpdate(Message):
     session: str
     state: Literal["waiting-for-nodes", "running"]
     task_ids: list[UUIDStr] = Field(max_length=100000)
+    workers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="task id -> where it started: host, pid")
 
 
 class Release(Message):

@@ -19,13 +19,15 @@ log = logging.getLogger(__name__)
 class ResultPoller:
     def __init__(self, client: Client, group: Callable[[], Any], poll_wait: float,
                  waiting: Callable[[], bool], resolve: Callable[[dict], None],
-                 refused: Callable[[BaseException], None], lock: threading.Condition):
+                 refused: Callable[[BaseException], None], lock: threading.Condition,
+                 event: Callable[[dict], None] | None = None):
         self.client = client
         self.group = group
         self.poll_wait = poll_wait
         self.waiting = waiting        # any future still waiting? (called under ``lock``)
         self.resolve = resolve
         self.refused = refused        # the service refuses the stream (401/403/404)
+        self.event = event            # a state event: tasks leased, waiting for nodes, running
         self.lock = lock
         self.cursor = "0"
         self.closed = False
@@ -47,7 +49,8 @@ class ResultPoller:
                     self.lock.wait()
             try:
                 page = self.client.results_page(str(self.group()), self.cursor,
-                                                wait=self.poll_wait)
+                                                wait=self.poll_wait,
+                                                events=self.event is not None)
                 backoff.reset()
             except errors.ServiceError as exc:
                 if exc.status in (401, 403, 404):
@@ -58,5 +61,8 @@ class ResultPoller:
                 threading.Event().wait(delay)
                 continue
             self.cursor = page["cursor"]
+            if self.event is not None:
+                for event in page.get("events") or ():
+                    self.event(event)
             for record in page["results"]:
                 self.resolve(record)

@@ -147,6 +147,9 @@ class Submitter:
                 self.client.submit_tasks(endpoint, [t for _, t in batch], str(self.group()))
                 with self._lock:
                     self.submitted += len(batch)
+                for future, _ in batch:
+                    if future._status == "pending":
+                        future._status = "received"
                 return
             except errors.PayloadTooLarge as exc:
                 if len(batch) > 1:  # find the culprit(s): halve and resend

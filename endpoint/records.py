@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedcompute import serialize
+from fedcompute import errors, serialize
 
 
 @dataclass(slots=True)
@@ -28,6 +28,9 @@ class LeasedTask:
     walltime: float | None = None
     #: Runs through a launcher (MPI ranks, a container; see ``launchers.py``).
     launch: bool = False
+    #: May run on the fast lane; ``resource_specification={"fast_lane": False}`` asks for a
+    #: Dask task (``distributed.get_worker()``, ``worker_client()`` work inside it).
+    lane: bool = True
 
     @classmethod
     def from_lease(cls, leased: dict[str, Any]) -> LeasedTask:
@@ -68,6 +71,12 @@ class TaskResult:
     @classmethod
     def failure(cls, task_id: str, exc: BaseException) -> TaskResult:
         return cls(task_id, "failed", exception=serialize.pack_exception(exc))
+
+    @classmethod
+    def cancelled(cls, task_id: str, how: str = "") -> TaskResult:
+        """The task was stopped by a cancellation (``how``: e.g. "while it ran")."""
+        return cls(task_id, "cancelled", exception=serialize.pack_exception(
+            errors.TaskCancelled(f"task {task_id} was cancelled {how}".strip())))
 
     @property
     def duration(self) -> float | None:

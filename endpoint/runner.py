@@ -11,6 +11,7 @@ import ctypes
 import io
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -100,7 +101,7 @@ def run_task(task: LeasedTask, body: bytes, max_result_size: int,
              enforce_walltime: bool = True) -> TaskResult:
     """Run one task; never raises (a failure is a result too). ``enforce_walltime=False``
     where the caller stops the task itself (a lane executor)."""
-    # Issue 15: MPI keys or a container in resource_specification (see launchers.py).
+    # MPI keys or a container in the resource_specification: see launchers.py.
     if task.resource_specification and launchers.needs_launch(task.resource_specification):
         return launchers.run_launched(task, body, max_result_size, run_task)
     result = TaskResult(task.task_id, "failed", started=time.time())
@@ -129,8 +130,78 @@ def run_task(task: LeasedTask, body: bytes, max_result_size: int,
     return result
 
 
+#: Dask path: tasks this worker runs (task id -> thread), and tasks asked to stop.
+_running: dict[str, int] = {}
+_stop_asked: set[str] = set()
+_state_lock = threading.Lock()
+#: A cancelled task that has not ended this long after its soft stop ends its worker (the
+#: nanny starts a fresh one; the other tasks it held run again elsewhere).
+CANCEL_GRACE = 2.0
+STARTED_TOPIC = "fedcompute-started"
+
+
+def _started(task: LeasedTask) -> None:
+    """Tell the agent the task runs now, and where (a Dask event it subscribes to)."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(STARTED_TOPIC, {"task_id": task.task_id,
+                                               "host": socket.gethostname(),
+                                               "pid": os.getpid()})
+    except ValueError:  # not in a Dask worker
+        pass
+
+
+
+
 def run_chunk(tasks: list[LeasedTask], bodies: dict[str, bytes],
               max_result_size: int) -> list[TaskResult]:
     """Run a packed chunk of tasks in this worker; returns their results in order."""
     sys.setswitchinterval(0.005)
-    return [run_task(t, bodies[t.function_id], max_result_size) for t in tasks]
+    results = []
+    for task in tasks:
+        with _state_lock:
+            if task.task_id in _stop_asked:
+                _stop_asked.discard(task.task_id)
+                results.append(TaskResult.cancelled(task.task_id))
+                continue
+            _running[task.task_id] = threading.get_ident()
+        _started(task)
+        try:
+            result = run_task(task, bodies[task.function_id], max_result_size)
+        finally:
+            with _state_lock:
+                _running.pop(task.task_id, None)
+                stopped = task.task_id in _stop_asked
+                _stop_asked.discard(task.task_id)
+        if stopped and result.status == "failed":
+            result = TaskResult.cancelled(task.task_id)
+        results.append(result)
+    return results
+
+
+def stop_tasks(task_ids: list[str]) -> list[str]:
+    """``Client.run(stop_tasks, ids)``: stop these tasks in this worker: a running one gets
+    ``TaskCancelled`` raised in its thread (the worker ends if it does not stop within
+    ``CANCEL_GRACE``), a queued one never starts. Returns the ids it runs."""
+    found = []
+    with _state_lock:
+        _stop_asked.update(task_ids)
+        for task_id in task_ids:
+            ident = _running.get(task_id)
+            if ident is not None:
+                found.append(task_id)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(ident), ctypes.py_object(errors.TaskCancelled))
+    for task_id in found:
+        timer = threading.Timer(CANCEL_GRACE, _end_if_still_running, (task_id,))
+        timer.daemon = True
+        timer.start()
+    return found
+
+
+def _end_if_still_running(task_id: str) -> None:
+    with _state_lock:
+        still = task_id in _running
+    if still:
+        os._exit(71)

@@ -118,13 +118,17 @@ def openapi_document() -> dict:
                                                       ok=obj, params=[tid])},
         f"{V}/task_groups/{{group}}": {"get": _op("Task ids of a task group", ok=p.GroupTasks,
                                                   params=[gid])},
+        f"{V}/task_groups/{{group}}/cancel": {"post": _op(
+            "Cancel every unfinished task of a group (running ones too)", ok=obj,
+            params=[gid])},
         f"{V}/task_groups/{{group}}/results": {"get": _op(
             "Long-poll a task group's result stream", ok=p.ResultPage, params=[
                 gid,
                 _query("cursor", {"type": "string", "pattern": r"^\d{1,20}(-\d{1,20})?$"}),
                 _query("wait", {"type": "number", "minimum": 0,
                                 "description": "seconds; cut to the service's max_result_wait"}),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})])},
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                _query("events", {"type": "string", "enum": ["0", "1"]})])},
         f"{V}/agent/connect": {"post": _op("Start an agent session", body=p.AgentHello,
                                            ok=p.AgentConfig, auth="endpoint")},
         f"{V}/agent/heartbeat": {"post": _op("Agent liveness and status", body=p.Heartbeat,

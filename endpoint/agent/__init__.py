@@ -74,7 +74,8 @@ class Agent:
                                            lambda: self.status.workers, self.stopping)
         self.poller = LeasePoller(self.api, config, self.ledger, self.functions,
                                   self.dispatcher.dispatch, self.stopping,
-                                  status=lambda: self.status.status(fresh=False))
+                                  status=lambda: self.status.status(fresh=False),
+                                  stop_tasks=getattr(self.dispatcher, "stop", None))
         self.status.polling_since = lambda: self.poller.polling_since
         self.bridge = None
         self._threads: list[threading.Thread] = []
@@ -101,6 +102,8 @@ class Agent:
         self.status.workers = self.engine.worker_count()
         start_lanes = getattr(self.dispatcher, "start_lanes", None)
         if start_lanes is not None:  # before the first lease: a cold endpoint is fast too
+            self.dispatcher.on_started = self.status.running
+            self.dispatcher.follow_dask_starts()
             start_lanes()
             self.status.on_workers = lambda n: self.dispatcher.lanes and \
                 self.dispatcher.lanes.refresh()

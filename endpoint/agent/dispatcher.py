@@ -27,11 +27,11 @@ from fedcompute import errors
 
 from ..config import EndpointConfig
 from ..engines.base import Engine
-from ..engines.resources import dask_resources
+from ..engines.resources import FAST_LANE_KEY, dask_resources
 from ..lane.server import LanePlugin
 from ..launchers import needs_launch
 from ..records import LeasedTask, TaskResult
-from ..runner import run_chunk
+from ..runner import STARTED_TOPIC, run_chunk, stop_tasks
 from .lanes import LanePool
 from .ledger import Ledger
 
@@ -87,7 +87,11 @@ class Dispatcher:
                                   or config.engine.get("resources") or ())
         self._lock = threading.Lock()  # guards the two below (Dask callback threads write)
         self._futures: dict[str, Any] = {}
+        self._chunk_of: dict[str, str] = {}     # task id -> key of its Dask task
+        self._stopping: set[str] = set()        # tasks asked to stop (cancelled)
         self._durations: dict[str, float] = {}  # function id -> seconds per task (EWMA)
+        #: Called with (task ids, host, pid) when tasks start on a worker.
+        self.on_started: Callable[[list[str], str, int], None] = lambda ids, host, pid: None
         self.lanes: LanePool | None = None
 
     def start_lanes(self) -> None:
@@ -101,7 +105,42 @@ class Dispatcher:
         self.lanes.refresh()
 
     def _started(self, task_ids: list[str], host: str, pid: int) -> None:
-        """A lane started these tasks (the running state is reported by the status part)."""
+        self.on_started(task_ids, host, pid)
+
+    def follow_dask_starts(self) -> None:
+        """Dask-path tasks tell when they start through a Dask event topic."""
+        if self.engine.client is None:
+            return
+
+        def started(event: Any) -> None:
+            _, msg = event
+            self.on_started([msg["task_id"]], msg.get("host", ""), int(msg.get("pid") or 0))
+
+        self.engine.client.subscribe_topic(STARTED_TOPIC, started)
+
+    def stop(self, task_ids: list[str]) -> None:
+        """Stop these tasks (cancelled while held here): each ends with a ``cancelled``
+        result, from wherever it is (a lane, a Dask worker, not started yet)."""
+        wanted = set(task_ids)
+        if self.lanes is not None:
+            held, unsent = self.lanes.stop(list(wanted))
+            wanted -= set(held)
+            self.finish([TaskResult.cancelled(t.task_id) for t in unsent])
+            wanted -= {t.task_id for t in unsent}
+        running = []
+        with self._lock:
+            for task_id in wanted:
+                key = self._chunk_of.get(task_id)
+                future = self._futures.get(key) if key else None
+                if future is None:
+                    continue
+                self._stopping.add(task_id)
+                running.append(task_id)
+        if running:
+            try:  # a task not started yet never will; a running one is stopped
+                self.engine.client.run(stop_tasks, running)
+            except Exception as exc:  # noqa: BLE001 - workers come and go
+                log.warning("could not stop %d tasks: %s", len(running), exc)
 
     def _lost_in_lane(self, tasks: list[LeasedTask]) -> None:
         for task in tasks:  # the Dask path tells the task that killed its worker from the rest
@@ -119,7 +158,7 @@ class Dispatcher:
             refusal = self._refusal(task)
             if refusal is not None:
                 self.finish([TaskResult.failure(task.task_id, refusal)])
-            elif use_lanes and task.resources is None and not task.launch:
+            elif use_lanes and task.lane and task.resources is None and not task.launch:
                 laned.append(task)
             elif task.packable:
                 packable.setdefault(task.function_id, []).append(task)
@@ -158,6 +197,7 @@ class Dispatcher:
             task.resources = spec["resources"]
             task.walltime = spec["walltime"] or task.walltime
             task.launch = needs_launch(task.resource_specification)
+            task.lane = (spec["options"] or {}).get(FAST_LANE_KEY) is not False
         return None
 
     def _chunk_size(self, function_id: str, count: int) -> int:
@@ -177,14 +217,30 @@ class Dispatcher:
             resources=chunk[0].resources if len(chunk) == 1 else None, retries=0)
         with self._lock:
             self._futures[key] = future
+            for t in chunk:
+                self._chunk_of[t.task_id] = key
         future.add_done_callback(partial(self._chunk_done, chunk, key, retried))
 
     def _chunk_done(self, chunk: list[LeasedTask], key: str, retried: bool,
                     future: Any) -> None:
         with self._lock:
             self._futures.pop(key, None)
-        if future.status == "cancelled" or self.stopping.is_set() and future.status != "finished":
+            for t in chunk:
+                if self._chunk_of.get(t.task_id) == key:
+                    del self._chunk_of[t.task_id]
+            stopped = [t for t in chunk if t.task_id in self._stopping]
+            self._stopping.difference_update(t.task_id for t in stopped)
+        if self.stopping.is_set() and future.status != "finished":
             return  # shutting down: these tasks are released to the service
+        if stopped and future.status != "finished":
+            # Stopped by a cancellation (its worker ended): the others it held run again.
+            self.finish([TaskResult.cancelled(t.task_id) for t in stopped])
+            rest = [t for t in chunk if t not in stopped]
+            for task in rest:
+                self._submit([task])
+            return
+        if future.status == "cancelled":
+            return
         try:
             results: list[TaskResult] = future.result()
         except Exception as exc:  # noqa: BLE001 - a worker died or the chunk could not run

@@ -43,13 +43,14 @@ class Lane:
             raise ConnectionError(f"lane {address} refused the connection")
         self.capacity = DEPTH * int(welcome.get("executors") or 1)
         self.held: dict[str, LeasedTask] = {}
+        self.seceded: set[str] = set()  # held tasks whose slot a spare executor took
         self.sent_functions: set[str] = set()
         self.alive = True
         threading.Thread(target=self._read, daemon=True, name="fedcompute-lane-reader").start()
 
     @property
     def room(self) -> int:
-        return self.capacity - len(self.held) if self.alive else 0
+        return self.capacity + len(self.seceded) - len(self.held) if self.alive else 0
 
     def send(self, tasks: list[LeasedTask], bodies: dict[str, bytes]) -> None:
         for t in tasks:
@@ -141,11 +142,16 @@ class LanePool:
         if frame.get("started"):
             self.started([t for t, _ in frame["started"]], frame.get("host", ""),
                          int(frame.get("pid") or 0))
+        if frame.get("seceded"):
+            with self.lock:
+                lane.seceded.update(t for t in frame["seceded"] if t in lane.held)
         if results:
             with self.lock:
                 for r in results:
                     lane.held.pop(r.task_id, None)
+                    lane.seceded.discard(r.task_id)
             self.finished(results)
+        if results or frame.get("seceded"):
             self.pump()
 
     def on_lost(self, lane: Lane) -> None:
@@ -155,6 +161,7 @@ class LanePool:
                 del self.lanes[lane.worker]
             held = list(lane.held.values())
             lane.held.clear()
+            lane.seceded.clear()
             # If no lane is left, the backlog goes the Dask way too.
             if not any(x.alive for x in self.lanes.values()):
                 held += list(self.backlog)
@@ -164,10 +171,14 @@ class LanePool:
             self.lost(held)
         self.pump()
 
-    def stop(self, task_ids: list[str], why: str = "cancel") -> list[str]:
-        """Stop these tasks wherever a lane holds them; returns the ids it holds."""
+    def stop(self, task_ids: list[str], why: str = "cancel"
+             ) -> tuple[list[str], list[LeasedTask]]:
+        """Stop these tasks: a lane holding one stops it and reports it ``cancelled``.
+        Returns the ids lanes hold, and the tasks taken out of the backlog (not sent yet:
+        the caller reports those)."""
         wanted = set(task_ids)
         with self.lock:
+            unsent = [t for t in self.backlog if t.task_id in wanted]
             self.backlog = deque(t for t in self.backlog if t.task_id not in wanted)
             by_lane = [(lane, [t for t in lane.held if t in wanted])
                        for lane in self.lanes.values()]
@@ -179,7 +190,7 @@ class LanePool:
                     lane.frames.send({"op": "stop", "task_ids": ids, "why": why})
                 except OSError:
                     pass
-        return found
+        return found, unsent
 
     def close(self) -> None:
         with self.lock:

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 class LeasePoller:
     def __init__(self, api: ServiceAPI, config: EndpointConfig, ledger: Ledger,
                  functions: FunctionCache, dispatch: Callable[[list[LeasedTask]], list],
-                 stopping: threading.Event, status: Callable[[], dict] | None = None):
+                 stopping: threading.Event, status: Callable[[], dict] | None = None,
+                 stop_tasks: Callable[[list[str]], None] | None = None):
         self.api = api
+        self.stop_tasks = stop_tasks
         self.status = status
         #: When the long-poll in flight was sent (monotonic), None when none is: the service
         #: counts a poll as a heartbeat, so the heartbeat thread stays quiet meanwhile.
@@ -55,6 +57,11 @@ class LeasePoller:
     def _loop(self) -> None:
         try:
             self._lease_and_dispatch()
+        except BaseException:
+            # An agent that no longer leases must not look alive: it stops (and says why).
+            log.exception("the lease loop failed; stopping the agent")
+            self.stopping.set()
+            raise
         finally:
             self._done.wait()
 
@@ -82,6 +89,11 @@ class LeasePoller:
             if self.stopping.is_set():
                 return  # handed back by the shutdown (disconnect)
             backoff.reset()
+            if lease.get("cancel") and self.stop_tasks is not None:
+                try:
+                    self.stop_tasks(lease["cancel"])
+                except Exception:  # noqa: BLE001 - a failed stop must not stop the leasing
+                    log.exception("could not stop %d cancelled tasks", len(lease["cancel"]))
             self.functions.add(lease.get("functions") or {})
             if recover:
                 recover_at.pop(0)

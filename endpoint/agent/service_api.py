@@ -79,8 +79,11 @@ class ServiceAPI:
     def heartbeat(self, status: dict) -> dict:
         return self.post("/heartbeat", {"status": status})
 
-    def mark(self, state: str, task_ids: list[str]) -> dict:
-        return self.post("/tasks/state", {"state": state, "task_ids": task_ids})
+    def mark(self, state: str, task_ids: list[str], workers: dict | None = None) -> dict:
+        body: dict[str, Any] = {"state": state, "task_ids": task_ids}
+        if workers:
+            body["workers"] = workers
+        return self.post("/tasks/state", body)
 
     def release(self, task_ids: list[str], disconnect: bool = False) -> dict:
         return self.post("/release", {"task_ids": task_ids, "disconnect": disconnect})

@@ -24,6 +24,9 @@ from .service_api import ServiceAPI, ServiceUnavailable, SessionReplaced
 
 log = logging.getLogger(__name__)
 
+#: Started tasks are reported in batches this often (seconds).
+RUNNING_EVERY = 0.05
+
 
 def agent_versions() -> dict[str, str]:
     return {**versions("dask", "distributed", "cloudpickle"), "fedcompute": __version__}
@@ -47,6 +50,9 @@ class StatusReporter:
         self.workers = 0
         self.started = time.time()
         self._engine_status: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._running: dict[str, dict] = {}  # task id -> its worker, not reported yet
+        self._reporter: threading.Thread | None = None
         self._versions = agent_versions()
 
     def status(self, fresh: bool = True) -> dict[str, Any]:
@@ -63,6 +69,26 @@ class StatusReporter:
     @property
     def versions(self) -> dict[str, str]:
         return self._versions
+
+    def running(self, task_ids: list[str], host: str, pid: int) -> None:
+        """Tasks started on a worker: reported within ``RUNNING_EVERY`` seconds, batched."""
+        with self._lock:
+            for task_id in task_ids:
+                self._running[task_id] = {"host": host, "pid": pid}
+            if self._reporter is None:
+                self._reporter = threading.Thread(target=self._report_running, daemon=True,
+                                                  name="fedcompute-running")
+                self._reporter.start()
+
+    def _report_running(self) -> None:
+        while not self.stopping.wait(RUNNING_EVERY):
+            with self._lock:
+                batch, self._running = self._running, {}
+            if batch:
+                try:
+                    self.api.mark("running", list(batch), batch)
+                except (ServiceUnavailable, errors.ServiceError, SessionReplaced) as exc:
+                    log.debug("could not report %d running tasks: %s", len(batch), exc)
 
     def mark(self, state: str, task_ids: list[str]) -> None:
         """Report leased tasks waiting for nodes, or running (best effort)."""
@@ -85,10 +111,8 @@ class StatusReporter:
                 if time.monotonic() - last >= self.heartbeat_interval:
                     last = time.monotonic()
                     self._engine_status = self.engine.status()
-                if self.workers:
-                    ready = self.ledger.take_waiting_for_nodes()
-                    if ready:
-                        self.mark("running", ready)
+                if self.workers:  # they run when a worker starts them (see running())
+                    self.ledger.take_waiting_for_nodes()
                 self.engine.scale_for(self.ledger.outstanding())
             except Exception as exc:  # noqa: BLE001 - keep following whatever happens
                 log.warning("status update failed: %s", exc)

@@ -17,8 +17,10 @@ from typing import Any
 
 #: Keys Globus Compute's MPI engine uses; they describe a launch, not a Dask resource.
 LAUNCH_KEYS = frozenset({"num_nodes", "ranks_per_node", "num_ranks", "launcher_options"})
-#: Numeric keys that are engine options, not resource amounts (Parsl's HTEX has ``priority``).
-OPTION_KEYS = LAUNCH_KEYS | {"priority"}
+#: ``{"fast_lane": False}``: run the task as a Dask task, never on the endpoint's fast lane.
+FAST_LANE_KEY = "fast_lane"
+#: Keys that are engine options, not resource amounts (Parsl's HTEX has ``priority``).
+OPTION_KEYS = LAUNCH_KEYS | {"priority", FAST_LANE_KEY}
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _DURATION = re.compile(r"^(?:(?P<d>\d+)-)?(?P<rest>\d+(?::\d+){0,2})$")

@@ -23,28 +23,47 @@ STOP_WALLTIME = signal.SIGUSR1
 STOP_CANCEL = signal.SIGUSR2
 
 _running = False
+_walltime: float | None = None  # of the task running now
+_frames = None
+_seceded = False
 
 
 def _stop(signum: int, frame: object) -> None:
     if not _running:
         return
     if signum == STOP_WALLTIME:
-        raise errors.WalltimeExceeded("task ran past its walltime and was stopped")
+        raise errors.WalltimeExceeded(
+            f"task ran past its walltime of {_walltime}s and was stopped")
     raise errors.TaskCancelled("task was cancelled while it ran")
 
 
+def _leave_slot() -> bool:
+    """``fedcompute.worker_slot.leave`` in a lane: the running task waits for tasks it
+    submitted, so the lane starts a spare executor; this one retires after the task."""
+    global _seceded
+    if not _running or _frames is None:
+        return False
+    if not _seceded:
+        _seceded = True
+        _frames.send({"secede": True})
+    return True
+
+
 def main() -> None:
-    global _running
+    global _running, _walltime, _frames, _seceded
     # Our frames use private copies of the pipes; what the task prints goes to stderr.
     frames_in, frames_out = os.dup(0), os.dup(1)
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    from fedcompute import worker_slot
+
     from ..records import LeasedTask
     from ..runner import run_task
     from .frames import PipeFrames
 
-    frames = PipeFrames(frames_in, frames_out)
+    frames = _frames = PipeFrames(frames_in, frames_out)
+    worker_slot.register(_leave_slot)
     signal.signal(STOP_WALLTIME, _stop)
     signal.signal(STOP_CANCEL, _stop)
     bodies: dict[str, bytes] = {}
@@ -55,13 +74,15 @@ def main() -> None:
         task = LeasedTask(**wire)
         if body is not None:
             bodies[task.function_id] = body
-        _running = True
+        _running, _walltime = True, task.walltime
         try:
             result = run_task(task, bodies[task.function_id], max_result_size,
                               enforce_walltime=False)
         finally:
             _running = False
         frames.send(result.wire())
+        if _seceded:
+            return  # a spare took this slot: the lane retires this executor
         time.sleep(0)
 
 

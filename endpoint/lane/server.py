@@ -51,8 +51,9 @@ class Executor:
         self.frames: PipeFrames | None = None
         self.task: LeasedTask | None = None
         self.stop_reason: str | None = None
-        self.stop_deadline: float | None = None
         self.known: set[str] = set()
+        self.sent = False  # the task went to the process (a stop must signal it)
+        self.retiring = False  # its task gave its slot to a spare: ends after the task
         self._lock = threading.Lock()
         threading.Thread(target=self._run, daemon=True, name=f"fedcompute-lane-{index}").start()
 
@@ -69,10 +70,12 @@ class Executor:
         self.known = set()
 
     def _run(self) -> None:
-        while not self.lane.closed:
+        while not self.lane.closed and not self.retiring:
             task = self.lane.next_task()
             if task is None:
                 continue
+            with self._lock:  # from now on a stop finds it here, even while we spawn
+                self.task, self.stop_reason, self.sent = task, None, False
             try:
                 if self.proc is None or self.proc.poll() is not None:
                     self._spawn()
@@ -81,12 +84,18 @@ class Executor:
                 log.warning("lane executor %d: %s", self.index, exc)
                 result = TaskResult.failure(task.task_id, exc)
                 self.proc = None
+            with self._lock:
+                self.task = None
             self.lane.done(result)
+        if self.retiring:
+            self.lane.retire(self)
 
     def _one(self, task: LeasedTask) -> TaskResult:
         body = None if task.function_id in self.known else self.lane.bodies[task.function_id]
         with self._lock:
-            self.task, self.stop_reason, self.stop_deadline = task, None, None
+            reason, self.sent = self.stop_reason, self.stop_reason is None
+        if reason is not None:  # stopped before it could start
+            return self._stopped(task, reason) or TaskResult.cancelled(task.task_id)
         self.lane.started(task)
         self.frames.send([task.lane_wire(), body])
         self.known.add(task.function_id)
@@ -97,33 +106,45 @@ class Executor:
             timer.start()
         try:
             reply = self.frames.recv()
+            while isinstance(reply, dict) and reply.get("secede"):
+                self.lane.secede(self, task)
+                reply = self.frames.recv()
         finally:
             if timer is not None:
                 timer.cancel()
             with self._lock:
-                reason, self.task = self.stop_reason, None
+                reason = self.stop_reason
         if reply is None:  # the executor died under the task
             code = self.proc.wait()
             self.proc = None
-            if reason == "cancel":
-                return _cancelled(task.task_id)
-            if reason == "walltime":
-                return TaskResult.failure(task.task_id, errors.WalltimeExceeded(
-                    f"task ran past its walltime of {task.walltime}s and was stopped"))
-            return TaskResult.failure(task.task_id, errors.WorkerLost(
-                f"the worker process running this task died (exit code {code}: segfault, "
-                "os._exit, out of memory or killed)"))
+            return self._stopped(task, reason) or TaskResult.failure(
+                task.task_id, errors.WorkerLost(
+                    f"the worker process running this task died (exit code {code}: segfault, "
+                    "os._exit, out of memory or killed)"))
         result = TaskResult.from_wire(reply)
         if reason == "cancel" and result.status == "failed":
-            return _cancelled(task.task_id)
+            return TaskResult.cancelled(task.task_id, "while it ran")
         return result
 
+    @staticmethod
+    def _stopped(task: LeasedTask, reason: str | None) -> TaskResult | None:
+        """The result of a task the lane stopped for ``reason`` (None: it was not stopped)."""
+        if reason == "cancel":
+            return TaskResult.cancelled(task.task_id, "while it ran")
+        if reason == "walltime":
+            return TaskResult.failure(task.task_id, errors.WalltimeExceeded(
+                f"task ran past its walltime of {task.walltime}s and was stopped"))
+        return None
+
     def stop(self, task_id: str, reason: str) -> bool:
-        """Stop ``task_id`` if this executor runs it: the signal now, SIGKILL after grace."""
+        """Stop ``task_id`` if this executor holds it: the signal now, SIGKILL after grace
+        (not sent yet: it never starts)."""
         with self._lock:
-            if self.task is None or self.task.task_id != task_id or self.proc is None:
+            if self.task is None or self.task.task_id != task_id:
                 return False
             self.stop_reason = reason
+            if not self.sent or self.proc is None:
+                return True
             proc = self.proc
         proc.send_signal(STOP_CANCEL if reason == "cancel" else STOP_WALLTIME)
         killer = threading.Timer(GRACE[reason], self._kill_if_still, (task_id, proc))
@@ -138,11 +159,6 @@ class Executor:
             proc.kill()
 
 
-def _cancelled(task_id: str) -> TaskResult:
-    result = TaskResult.failure(task_id, errors.TaskCancelled(
-        f"task {task_id} was cancelled while it ran"))
-    result.status = "cancelled"
-    return result
 
 
 class LaneServer:
@@ -171,6 +187,9 @@ class LaneServer:
             try:
                 sock, _ = self._server.accept()
             except OSError:
+                return
+            if self.closed:
+                sock.close()
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(SocketFrames(sock),), daemon=True,
@@ -214,13 +233,29 @@ class LaneServer:
             for t in queued:
                 self._queue.remove(t)
         for t in queued:
-            self.done(_cancelled(t.task_id))
-        for executor in self.executors:
+            self.done(TaskResult.cancelled(t.task_id))
+        for executor in list(self.executors):
             task = executor.task
             if task is not None and task.task_id in wanted:
                 executor.stop(task.task_id, why)
 
     # --- executors -------------------------------------------------------------------
+
+    def secede(self, executor: Executor, task: LeasedTask) -> None:
+        """``executor``'s task waits for tasks it submitted: a spare executor takes its slot
+        (as ``distributed.secede`` does for a Dask thread), and the agent may send one more."""
+        executor.retiring = True
+        with self._ready:
+            self.executors.append(Executor(self, len(self.executors)))
+        self._outbox.put({"op": "seceded", "task_id": task.task_id})
+        self._flush()
+
+    def retire(self, executor: Executor) -> None:
+        with self._ready:
+            if executor in self.executors:
+                self.executors.remove(executor)
+        if executor.proc is not None and executor.proc.poll() is None:
+            executor.proc.wait()  # it exits on its own after the task
 
     def next_task(self) -> LeasedTask | None:
         with self._ready:
@@ -259,6 +294,7 @@ class LaneServer:
                      "results": [i["result"] for i in items if i["op"] == "result"],
                      "started": [[i["task_ids"][0], i["at"]] for i in items
                                  if i["op"] == "started"],
+                     "seceded": [i["task_id"] for i in items if i["op"] == "seceded"],
                      "host": self.host, "pid": os.getpid()}
             conn = self._conn
             if conn is None:
@@ -270,10 +306,19 @@ class LaneServer:
 
     def close(self) -> None:
         self.closed = True
+        # shutdown() wakes the thread blocked in accept(); close() alone would not, and the
+        # next socket opened in this process could reuse the descriptor under it.
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._server.close()
         with self._ready:
             self._ready.notify_all()
-        for executor in self.executors:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        for executor in list(self.executors):
             if executor.proc is not None and executor.proc.poll() is None:
                 executor.proc.kill()
 

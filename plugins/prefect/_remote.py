@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedcompute import serialize
+from fedcompute import serialize, worker_slot
 
 #: One captured event: (kind, unix time, level, logger name, message); kind is "out", "err",
 #: "log" (a ``logging`` record) or "run" (a record of Prefect's ``get_run_logger()``).
@@ -274,7 +274,7 @@ class BodyScope:
 
     auth: dict | None = None
     nested: dict | None = None
-    seceded: bool = False
+    seceded: str | bool = False
     runners: list = field(default_factory=list)
 
 
@@ -288,26 +288,18 @@ def current_scope() -> BodyScope | None:
 
 
 def leave_worker_slot(scope: BodyScope) -> None:
-    """Give this body's Dask worker thread slot back (``distributed.secede``) while it waits
-    for tasks it submitted: otherwise every nesting level holds a slot and a deep recursion
-    deadlocks once they are all taken. Rejoined when the body ends."""
+    """Give this body's worker slot back while it waits for tasks it submitted: otherwise
+    every nesting level holds a slot and a deep recursion deadlocks once they are all taken
+    (:mod:`fedcompute.worker_slot`). Taken back when the body ends."""
     if scope.seceded:
         return
-    try:
-        from distributed import secede
-
-        secede()
-    except Exception:  # noqa: BLE001 - not in a Dask task (tests, other executors): nothing to free
-        return
-    scope.seceded = True
+    scope.seceded = worker_slot.leave() or False
 
 
 def _return_worker_slot(scope: BodyScope) -> None:
     if scope.seceded:
-        from distributed import rejoin
-
-        scope.seceded = False
-        rejoin()
+        how, scope.seceded = scope.seceded, False
+        worker_slot.rejoin(how)
 
 
 # --- a minimal Prefect run context -------------------------------------------------------

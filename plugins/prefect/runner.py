@@ -160,6 +160,10 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         resource_specification: passed to the endpoint with every task (e.g. cores, walltime).
         remote_log_level: lowest level of remote ``logging`` records sent to the task run's logs.
         batch_size: most tasks per submission request.
+        fast_lane: let the endpoint run short tasks on its fast lane (executor processes on
+            its workers, no Dask task each: less overhead per task). Off by default, as in
+            prefect-dask every task is a Dask task (``distributed.get_worker()`` and
+            ``worker_client()`` work inside it).
         nested_submission: give each remote body this runner's service URL and token, so that
             tasks it submits itself go through the service to the same endpoint. The token
             then reaches the endpoint (as task arguments, never in a pickled runner): turn it
@@ -175,7 +179,7 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __init__(self, endpoint_id: str, client: Client | None = None, *,
                  remote_engine: bool = False, resource_specification: dict | None = None,
                  remote_log_level: int | str = logging.INFO, batch_size: int = 2000,
-                 nested_submission: bool = True):
+                 nested_submission: bool = True, fast_lane: bool = False):
         super().__init__()
         if not endpoint_id:
             raise ValueError("FederatedTaskRunner needs an endpoint_id")
@@ -185,6 +189,7 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.remote_log_level = _level(remote_log_level)
         self.batch_size = batch_size
         self.nested_submission = bool(nested_submission)
+        self.fast_lane = bool(fast_lane)
         self._client = client
         self._service_url = client.service_url if client is not None else None
         self._reset()
@@ -214,7 +219,13 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return {"endpoint_id": self.endpoint_id, "remote_engine": self.remote_engine,
                 "resource_specification": self.resource_specification,
                 "remote_log_level": self.remote_log_level, "batch_size": self.batch_size,
-                "nested_submission": self.nested_submission}
+                "nested_submission": self.nested_submission, "fast_lane": self.fast_lane}
+
+    def _task_specification(self) -> dict | None:
+        """The ``resource_specification`` every task carries (the fast-lane choice in it)."""
+        if self.fast_lane:
+            return self.resource_specification
+        return {"fast_lane": False, **(self.resource_specification or {})}
 
     def duplicate(self) -> Self:
         """A new, unstarted runner with the same configuration and client."""
@@ -260,7 +271,7 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             client = self._make_client()
             self._executor = Executor(self.endpoint_id, client=client,
                                       batch_size=self.batch_size,
-                                      resource_specification=self.resource_specification)
+                                      resource_specification=self._task_specification())
             loop = asyncio.new_event_loop()
             # Bounded pool for the few blocking calls made from the loop (remote cancels,
             # waiting on futures of other runners).

@@ -67,7 +67,8 @@ def lease():
             from exc
     known = set(req.cached_functions)
     wanted = sorted({t["function_id"] for t in tasks} - known)
-    return reply({"tasks": tasks, "functions": store.function_bodies(wanted) if wanted else {}})
+    return reply({"tasks": tasks, "functions": store.function_bodies(wanted) if wanted else {},
+                  "cancel": getattr(tasks, "cancels", [])})
 
 
 @bp.post("/results")
@@ -87,7 +88,8 @@ def task_state():
     """The agent reports tasks waiting for nodes (no worker yet) or running."""
     endpoint_id = require_endpoint()
     update = parse(TaskStateUpdate)
-    return reply({"updated": fed().store.mark(endpoint_id, update.state, update.task_ids)})
+    return reply({"updated": fed().store.mark(endpoint_id, update.state, update.task_ids,
+                                              update.workers)})
 
 
 @bp.post("/release")

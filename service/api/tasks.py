@@ -131,15 +131,36 @@ def task_group(group: str):
     return reply({"task_group_id": group, "task_ids": fed().store.group_task_ids(group)})
 
 
+@bp.post("/task_groups/<group>/cancel")
+def cancel_group(group: str):
+    """Cancel every task of a group not finished yet (running ones are stopped at their
+    endpoint); ``{"states": {state: count}}`` afterwards."""
+    user = require_user(SUBMIT)
+    group = _owned_group(group, user)
+    store = fed().store
+    states: dict[str, int] = {}
+    size = store.group_size(group)
+    for offset in range(0, size, 2000):
+        ids = store.group_task_ids_page(group, offset, 2000)
+        for state in store.cancel_many(ids, lambda tid: packb(serialize.error_envelope(
+                errors.TaskCancelled, f"task {tid} was cancelled"))).values():
+            states[state] = states.get(state, 0) + 1
+    return reply({"task_group_id": group, "states": states})
+
+
 @bp.get("/task_groups/<group>/results")
 def results(group: str):
     """Long-poll the group's result stream: finished tasks after ``cursor``."""
     user = require_user(READ)
     # A submitter may start listening before its first batch has created the group.
     group = _owned_group(group, user, allow_new=True)
-    unknown = sorted(set(request.args) - {"cursor", "wait", "limit"})
+    unknown = sorted(set(request.args) - {"cursor", "wait", "limit", "events"})
     if unknown:
-        raise BadRequest(f"unknown query parameter {unknown[0][:40]!r}: use cursor, wait, limit")
+        raise BadRequest(f"unknown query parameter {unknown[0][:40]!r}: use cursor, wait, "
+                         "limit, events")
+    events = request.args.get("events", "0")
+    if events not in ("0", "1"):
+        raise BadRequest("events must be 0 or 1")
     cursor = request.args.get("cursor", "0")
     if not _CURSOR.match(cursor):
         raise BadRequest(f"invalid cursor {cursor[:40]!r}: pass back the cursor you were given")
@@ -151,7 +172,11 @@ def results(group: str):
     if not (0 <= wait < float("inf") and 1 <= limit <= 10_000):  # as documented; nan fails
         raise BadRequest("wait must be a number of seconds >= 0 and limit between 1 and 10000")
     wait = min(wait, fed().settings.max_result_wait)  # longer waits are cut to the service's
-    cursor, records = fed().store.read_results(group, cursor, wait, limit)
-    if records:
+    cursor, records, state_events = fed().store.read_results(group, cursor, wait, limit,
+                                                             with_events=True)
+    if records or state_events:
         _owned_group(group, user)  # created meanwhile: by this user only
-    return reply({"cursor": cursor, "results": [_public(r) for r in records]})
+    body = {"cursor": cursor, "results": [_public(r) for r in records]}
+    if events == "1":
+        body["events"] = state_events
+    return reply(body)

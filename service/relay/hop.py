@@ -79,9 +79,15 @@ class HopListener:
         return f"{self.host}:{self._server.getsockname()[1]}"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            # shutdown() wakes the listener blocked in accept(); close() alone would not,
+            # and a socket opened next could reuse the descriptor under it.
+            try:
+                server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            server.close()
 
     def _serve(self) -> None:
         server = self._server
@@ -89,6 +95,9 @@ class HopListener:
             try:
                 sock, _ = server.accept()
             except OSError:
+                return
+            if self._server is not server:  # stopped meanwhile
+                sock.close()
                 return
             threading.Thread(target=self._one, args=(sock,), daemon=True,
                              name="fedcompute-hop").start()

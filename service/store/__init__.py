@@ -124,6 +124,7 @@ class Store:
     group_page = _Part("tasks")
     group_size = _Part("tasks")
     group_task_ids = _Part("tasks")
+    group_task_ids_page = _Part("tasks")
     read_results = _Part("tasks")
 
     connect_agent = _Part("leases")

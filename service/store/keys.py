@@ -79,6 +79,11 @@ def queue(endpoint_id: str) -> str:
     return f"{PREFIX}ep:{endpoint_id}:q"
 
 
+def cancels(endpoint_id: str) -> str:
+    """set of task ids the endpoint's agent holds and must stop (cancelled while leased)."""
+    return f"{PREFIX}ep:{endpoint_id}:cancels"
+
+
 def task(task_id: str) -> str:
     """hash: state, owner, endpoint, function, group, payload, resources, options, attempts,
     entry (its queue entry), session (its lease), t_<state> timestamps, result, exc, stdout,
@@ -180,6 +185,7 @@ TEMPLATES = {
     "group_results": group_results("{id}"),
     "group_counts": group_counts("{id}"),
     "wake_queue": wake_queue("{id}"),
+    "cancels": cancels("{id}"),
     "wake_results": wake_results("{id}"),
 }
 

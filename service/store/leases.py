@@ -31,6 +31,16 @@ class StaleSession(Exception):
     """The agent session was replaced by a newer one of the same endpoint."""
 
 
+class Leased(list):
+    """The tasks of a lease; ``cancels``: ids of tasks the agent holds and must stop."""
+
+    cancels: list[str]
+
+    def __init__(self, tasks: list | None = None, cancels: list[str] | None = None):
+        super().__init__(tasks or ())
+        self.cancels = cancels or []
+
+
 class Leases:
     def __init__(self, client: redis.Redis, wakeups: Wakeups, scripts: Scripts, settings: Any):
         self.redis = client
@@ -82,21 +92,23 @@ class Leases:
         never be reclaimed. Raises :class:`StaleSession` if the session was replaced.
         A lease is a sign of life, with the agent's ``status`` if it sends one."""
         q = keys.queue(endpoint_id)
-        head = [q, keys.endpoint(endpoint_id), keys.endpoint_beats()]
+        head = [q, keys.endpoint(endpoint_id), keys.endpoint_beats(), keys.cancels(endpoint_id)]
         status_json = json.dumps(status) if status is not None else ""
         calls = 0
+        cancels: list[str] = []
 
-        def lease_now(extra: list[Any]) -> list | None:
+        def lease_now(extra: list[Any]) -> tuple[list, bool] | None:
             nonlocal calls
-            stale, tasks = self.scripts.lease(keys=head, args=[
+            stale, tasks, stop = self.scripts.lease(keys=head, args=[
                 session, time.time(), max_tasks, int(calls == 0), status_json if not calls
-                else "", endpoint_id, *extra])
+                else "", endpoint_id, self.settings.result_ttl, *extra])
             calls += 1
             if stale == 1:
                 raise StaleSession(session)
             if stale == 2:
-                return [None]  # expired while this request waited: nothing; it may resume
-            return tasks or None
+                return [], True  # expired while this request waited: nothing; it may resume
+            cancels.extend(t.decode() for t in stop)
+            return (tasks, True) if tasks or stop else None
 
         if recover:
             extra: list[Any] = []
@@ -104,17 +116,20 @@ class Leases:
                 extra += [entry, fields[b"t"]]
             if not extra:
                 self.touch(endpoint_id, session, status)
-                return []
-            tasks = lease_now(extra)
+                return Leased()
+            reply = lease_now(extra)
         else:
-            tasks = self.wakeups.poll(lambda: lease_now([]), keys.wake_queue(endpoint_id), wait)
-        if not tasks or tasks == [None]:
-            return []
-        return [{"task_id": tid.decode(), "function_id": fid.decode(), "payload": payload,
-                 "resource_specification": unpackb(resources) if resources else None,
-                 "options": unpackb(options) if options else None,
-                 "attempt": int(attempts or 0), "owner": owner.decode()}
-                for tid, fid, payload, resources, options, attempts, owner in tasks]
+            # A poll ends with tasks, or with tasks to stop.
+            reply = self.wakeups.poll(lambda: lease_now([]), keys.wake_queue(endpoint_id), wait)
+        tasks = reply[0] if reply else []
+        if not tasks:
+            return Leased([], cancels)
+        return Leased([{"task_id": tid.decode(), "function_id": fid.decode(), "payload": payload,
+                        "resource_specification": unpackb(resources) if resources else None,
+                        "options": unpackb(options) if options else None,
+                        "attempt": int(attempts or 0), "owner": owner.decode()}
+                       for tid, fid, payload, resources, options, attempts, owner in tasks],
+                      cancels)
 
     def _own_pending_entries(self, queue: str, session: str) -> list:
         """The session's pending entries, oldest first, with their fields."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +16,8 @@ from .scripts import Scripts
 from .wakeups import Wakeups
 
 TASK_FIELDS = ("state", "function", "endpoint", "group", "attempts", "completed", "result", "exc",
-               "stdout", "stderr", "owner")
-TIMESTAMP_STATES = ("received", "waiting-for-endpoint", "waiting-for-nodes", "running",
+               "stdout", "stderr", "owner", "worker")
+TIMESTAMP_STATES = ("received", "waiting-for-endpoint", "leased", "waiting-for-nodes", "running",
                     "success", "failed", "cancelled", "completed")
 
 
@@ -29,13 +30,14 @@ def task_record(task_id: str, values: list) -> dict | None:
     if values[0] is None:
         return None
     (state, function, endpoint, group, attempts, completed, result, exc, stdout, stderr,
-     owner) = values[:len(TASK_FIELDS)]
+     owner, worker) = values[:len(TASK_FIELDS)]
     stamps = {s: float(v) for s, v in zip(TIMESTAMP_STATES, values[len(TASK_FIELDS):],
                                            strict=True) if v is not None}
     record = {"task_id": task_id, "status": state.decode(), "function_id": text(function),
               "endpoint_id": text(endpoint), "task_group_id": text(group),
               "attempts": int(attempts or 0), "timestamps": stamps,
-              "completed": completed == b"1", "owner": text(owner)}
+              "completed": completed == b"1", "owner": text(owner),
+              "worker": json.loads(worker) if worker else None}
     if record["completed"]:
         if result:
             record["result"] = result
@@ -113,17 +115,21 @@ class Tasks:
         for r in results:
             exc = r.exception.model_dump() if r.exception is not None else None
             argv += [r.task_id, r.status, r.result or b"", _packed_or_empty(exc),
-                     r.stdout or "", r.stderr or ""]
+                     r.stdout or "", r.stderr or "", r.timings.get("started", "")]
         stored, dup = self.scripts.durably(
             "results", keys=[keys.queue(endpoint_id), keys.endpoint(endpoint_id),
                              keys.endpoint_beats(), *(keys.task(r.task_id) for r in results)],
             args=argv)
         return int(stored), int(dup)
 
-    def mark(self, endpoint_id: str, state: str, task_ids: list[str]) -> int:
-        """Leased tasks of this endpoint now wait for nodes, or run."""
-        return int(self.scripts.mark(keys=[keys.task(t) for t in task_ids],
-                                     args=[state, time.time(), endpoint_id]))
+    def mark(self, endpoint_id: str, state: str, task_ids: list[str],
+             workers: dict[str, dict] | None = None) -> int:
+        """Leased tasks of this endpoint now wait for nodes, or run (on ``workers[task_id]``:
+        host, pid)."""
+        workers = workers or {}
+        return int(self.scripts.mark(keys=[keys.task(t) for t in task_ids], args=[
+            state, time.time(), endpoint_id,
+            *(json.dumps(workers[t]) if t in workers else "" for t in task_ids)]))
 
     # --- task groups -------------------------------------------------------------------
 
@@ -160,23 +166,39 @@ class Tasks:
     def group_size(self, group: str) -> int:
         return int(self.redis.llen(keys.group_tasks(group)))
 
+    def group_task_ids_page(self, group: str, offset: int, limit: int) -> list[str]:
+        return [t.decode() for t in self.redis.lrange(keys.group_tasks(group), offset,
+                                                      offset + limit - 1)]
+
     def group_task_ids(self, group: str) -> list[str]:
         return [t.decode() for t in self.redis.lrange(keys.group_tasks(group), 0, -1)]
 
-    def read_results(self, group: str, cursor: str, wait: float, limit: int
-                     ) -> tuple[str, list[dict]]:
+    def read_results(self, group: str, cursor: str, wait: float, limit: int,
+                     with_events: bool = False) -> tuple:
         """Long-poll a task group's result stream after ``cursor``: its next finished tasks'
-        records (one script reads the stream and the records)."""
+        records (one script reads the stream and the records) and, ``with_events``, its state
+        events (``{"state", "task_ids", "at"}``: tasks leased, waiting for nodes, running).
+        Returns ``(cursor, records)`` or ``(cursor, records, events)``."""
         stream = keys.group_results(group)
         fields = [*TASK_FIELDS, *(f"t_{s}" for s in TIMESTAMP_STATES)]
 
-        def read() -> tuple[bytes, list] | None:
-            last, rows = self.scripts.read_results(keys=[stream], args=[cursor, limit, *fields])
-            return (last, rows) if rows else None
+        def read() -> tuple | None:
+            last, rows, events = self.scripts.read_results(keys=[stream],
+                                                           args=[cursor, limit, *fields])
+            if rows or (events and with_events):
+                return last, rows, events
+            if events:  # only events, and nobody wants them: read past them
+                return last, rows, events
+            return None
 
         reply = self.wakeups.poll(read, keys.wake_results(group), wait)
         if not reply:
-            return cursor, []
-        last, rows = reply
-        records = [task_record(row[0].decode(), row[1:]) for row in rows]
-        return last.decode(), [r for r in records if r is not None]
+            return (cursor, [], []) if with_events else (cursor, [])
+        last, rows, raw_events = reply
+        records = [r for r in (task_record(row[0].decode(), row[1:]) for row in rows)
+                   if r is not None]
+        if not with_events:
+            return last.decode(), records
+        events = [{"state": s.decode(), "task_ids": ids.decode().split(",") if ids else [],
+                   "at": float(at)} for s, ids, at in raw_events]
+        return last.decode(), records, events

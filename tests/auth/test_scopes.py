@@ -38,6 +38,7 @@ ROUTE_SCOPES = {
     ("POST", "/v1/tasks/cancel"): "submit",
     ("GET", "/v1/task_groups/{group}"): "read",
     ("GET", "/v1/task_groups/{group}/results"): "read",
+    ("POST", "/v1/task_groups/{group}/cancel"): "submit",
 }
 #: Routes any valid token may call.
 ANY_TOKEN = {("GET", "/v1/whoami")}

@@ -35,7 +35,8 @@ def test_endpoint_sigkilled_mid_task_then_restarted_completes_it(stack, tmp_path
     with Executor(stack.endpoint_id, client=client) as ex:
         future = ex.submit(slow_square, 7, 4.0, str(tmp_path))
         wait_for(lambda: executions(tmp_path)[7] == 1, 120, "the task to start running")
-        assert client.get_task(future.task_id)["status"] == "running"
+        wait_for(lambda: client.get_task(future.task_id)["status"] == "running", 30,
+                 "the service to see it running")
         stack.stop_endpoint("local", sig=signal.SIGKILL)
         assert not future.done()
         stack.start_endpoint("local")

@@ -52,7 +52,7 @@ def test_lost_lease_reply_is_recovered(stack):
     agent.connect()
     ids = _submit(stack, endpoint_id, 5)
     agent.lease_and_drop_reply()
-    wait_for(lambda: _states(stack, ids) == ["running"] * 5, 30, "the tasks to be leased")
+    wait_for(lambda: _states(stack, ids) == ["leased"] * 5, 30, "the tasks to be leased")
     # Leased to this live session, so neither redelivered nor reclaimed...
     assert agent.lease()["tasks"] == []
     assert stack.client().get_endpoint_status(endpoint_id)["leased"] == 5

@@ -58,13 +58,13 @@ def test_another_users_group_or_task_id_is_refused_whole(store, endpoint):
     assert store.endpoint_counts(endpoint) == (2, 0)
 
 
-def test_a_lease_hands_each_task_to_one_session_and_marks_it_running(store, endpoint):
+def test_a_lease_hands_each_task_to_one_session_and_marks_it_leased(store, endpoint):
     ids, _ = _submit(store, endpoint)
     store.connect_agent(endpoint, "session-a", {})
     leased = store.lease(endpoint, "session-a", 10, 0)
     assert [t["task_id"] for t in leased] == ids
     assert leased[0]["payload"] == b"args 0" and leased[0]["attempt"] == 0
-    assert _states(store, ids) == ["running"] * 3
+    assert _states(store, ids) == ["leased"] * 3
     assert store.lease(endpoint, "session-a", 10, 0) == []  # nothing is delivered twice
     assert store.endpoint_counts(endpoint) == (0, 3)
 
@@ -117,7 +117,7 @@ def test_results_from_another_endpoint_are_not_stored(store, endpoint):
     store.connect_agent(endpoint, "session-a", {})
     store.lease(endpoint, "session-a", 10, 0)
     assert store.store_results("00000000-0000-4000-8000-00000000dead", [_ok(ids[0])]) == (0, 1)
-    assert _states(store, ids) == ["running"]
+    assert _states(store, ids) == ["leased"]
 
 
 def test_a_new_session_takes_back_its_predecessors_leases_counting_an_attempt(store, endpoint):
@@ -159,7 +159,7 @@ def test_a_stopping_agent_hands_tasks_back_without_an_attempt(store, endpoint):
     store.connect_agent(endpoint, "session-a", {})
     store.lease(endpoint, "session-a", 10, 0)
     assert store.release(endpoint, "session-a", ids[:1]) == 1
-    assert _states(store, ids) == ["waiting-for-endpoint", "running", "running"]
+    assert _states(store, ids) == ["waiting-for-endpoint", "leased", "leased"]
     # disconnect: the session ends and everything it still holds goes back
     assert store.release(endpoint, "session-a", [], disconnect=True) == 2
     assert store.get_endpoint(endpoint)["status"] == "offline"
@@ -190,7 +190,7 @@ def test_cancel_stops_only_tasks_no_agent_holds(store, endpoint):
     ids, group = _submit(store, endpoint, 2)
     store.connect_agent(endpoint, "session-a", {})
     store.lease(endpoint, "session-a", 1, 0)
-    assert store.cancel(ids[0], b"") == "running"
+    assert store.cancel(ids[0], b"") == "cancelling"  # the agent stops it
     assert store.cancel(ids[1], b"") == "cancelled"
     assert store.cancel("00000000-0000-4000-8000-00000000beef", b"") == "unknown"
     assert [r["task_id"] for r in store.read_results(group, "0", 0, 10)[1]] == ids[1:]
@@ -224,7 +224,7 @@ def test_a_groups_counts_by_state_follow_every_change(store, endpoint):
     store.connect_agent(endpoint, "session-a", {})
     store.lease(endpoint, "session-a", 3, 0)
     store.mark(endpoint, "waiting-for-nodes", ids[:1])
-    assert store.group_counts(group) == {"waiting-for-endpoint": 1, "running": 2,
+    assert store.group_counts(group) == {"waiting-for-endpoint": 1, "leased": 2,
                                          "waiting-for-nodes": 1}
     store.store_results(endpoint, [_ok(ids[1])])
     store.cancel(ids[3], b"")
@@ -245,3 +245,16 @@ def test_a_users_groups_and_a_groups_pages(store, endpoint):
     assert store.group_size("00000000-0000-4000-8000-00000000000a") == 5
     store.connect_agent(endpoint, "session-a", {})
     assert {t["owner"] for t in store.lease(endpoint, "session-a", 10, 0)} == {"alice"}
+
+
+def test_cancelling_a_leased_task_tells_its_agent_at_the_next_lease(store, endpoint):
+    ids, group = _submit(store, endpoint, 3)
+    store.connect_agent(endpoint, "session-a", {})
+    assert len(store.lease(endpoint, "session-a", 10, 0)) == 3
+    assert store.cancel(ids[0], b"") == "cancelling"
+    again = store.lease(endpoint, "session-a", 10, 0)
+    assert list(again) == [] and again.cancels == [ids[0]]
+    assert store.lease(endpoint, "session-a", 10, 0).cancels == []  # told once
+    # handed back unfinished (a graceful stop), it ends cancelled instead of queueing again
+    store.release(endpoint, "session-a", ids)
+    assert _states(store, ids) == ["cancelled", "waiting-for-endpoint", "waiting-for-endpoint"]

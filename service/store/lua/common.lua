@@ -17,8 +17,26 @@ local function wake(template, id)
   WAKES[key_for(template, id)] = true
 end
 
--- End a script: publish its wake-ups, return `value`.
-local function done(value)
+-- State events for the submitters' result streams: one entry per group and state per script
+-- run (however many tasks), read by the SDK's one long-poll (ComputeFuture.status()).
+local EVENTS = {}
+local function state_event(group, state, task_id)
+  if not group then return end
+  EVENTS[group] = EVENTS[group] or {}
+  EVENTS[group][state] = EVENTS[group][state] or {}
+  table.insert(EVENTS[group][state], task_id)
+end
+
+-- End a script: write its state events, publish its wake-ups, return `value`.
+local function done(value, now)
+  for group, states in pairs(EVENTS) do
+    local results = key_for(KEY_TEMPLATES.group_results, group)
+    for state, ids in pairs(states) do
+      redis.call('XADD', results, '*', 'e', state, 'ids', table.concat(ids, ','),
+        'at', now or '0')
+    end
+    WAKES[key_for(KEY_TEMPLATES.wake_results, group)] = true
+  end
   for channel in pairs(WAKES) do redis.call('PUBLISH', channel, '') end
   return value
 end
@@ -55,6 +73,7 @@ end
 -- A task reached a final state: drop its inputs, keep the record for `ttl` seconds and tell
 -- the submitter through the group's result stream.
 local function finish(task_key, task_id, ttl, now)
+  redis.call('HDEL', task_key, 'cancel')
   local group = redis.call('HGET', task_key, 'group')
   redis.call('HSET', task_key, 'completed', '1', 't_completed', now)
   redis.call('HDEL', task_key, 'payload', 'session')
@@ -63,4 +82,13 @@ local function finish(task_key, task_id, ttl, now)
   redis.call('XADD', results, '*', 't', task_id)
   redis.call('EXPIRE', results, ttl)
   wake(KEY_TEMPLATES.wake_results, group)
+end
+
+-- A task whose cancellation was asked for while an agent held it, and that comes back
+-- unfinished (handed back, reclaimed): it ends here, cancelled. True if it was.
+local function cancelled_on_return(task_key, task_id, ttl, now)
+  if redis.call('HGET', task_key, 'cancel') ~= '1' then return false end
+  set_state(task_key, 'cancelled', now)
+  finish(task_key, task_id, ttl, now)
+  return true
 end

@@ -2,25 +2,29 @@
 -- in one step (XREADGROUP inside the script), or lease entries the session already holds
 -- (``recover``: the reply of an earlier lease was lost).
 -- KEYS[1] the endpoint's queue   KEYS[2] the endpoint's hash   KEYS[3] the sign-of-life index
+-- KEYS[4] the endpoint's set of tasks to stop
 -- ARGV[1] session, ARGV[2] now, ARGV[3] max tasks, ARGV[4] first read of the request (1|0),
--- ARGV[5] status json ('' for none), ARGV[6] endpoint id,
+-- ARGV[5] status json ('' for none), ARGV[6] endpoint id, ARGV[7] result ttl,
 -- then, to recover, 2 per entry: entry id, task id (no new entries are read then).
 -- The session is current (or, with `may resume`, it takes itself back after it expired, as
 -- any sign of life does: see TOUCH) or it gets nothing: a long-poll outliving its agent must
 -- not lease tasks to nobody; only a request's first read may resume a session, and only it is
 -- a sign of life (a poll that waits re-reads, but says nothing of its agent).
--- Returns {stale, tasks}: stale is 0, 1 (another session replaced this one) or 2 (this
--- session expired). Each task is {task id, function id, payload, resources, options,
+-- Leased tasks go from waiting-for-endpoint to leased (a worker starting one makes it running:
+-- MARK). The reply also carries the ids of tasks the agent holds whose cancellation was asked
+-- for (they stop there).
+-- Returns {stale, tasks, cancels}: stale is 0, 1 (another session replaced this one) or 2
+-- (this session expired). Each task is {task id, function id, payload, resources, options,
 -- attempts, owner}.
-local queue, endpoint_key, beats = KEYS[1], KEYS[2], KEYS[3]
-local session, now, max_tasks, first, status, endpoint_id =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[5], ARGV[6]
-local FIRST, STRIDE = 7, 2
+local queue, endpoint_key, beats, cancels = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local session, now, max_tasks, first, status, endpoint_id, ttl_result =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', ARGV[5], ARGV[6], tonumber(ARGV[7])
+local FIRST, STRIDE = 8, 2
 
 local current = redis.call('HGET', endpoint_key, 'session')
-if current and current ~= '' and current ~= session then return {1, {}} end
+if current and current ~= '' and current ~= session then return {1, {}, {}} end
 if current ~= session then
-  if not first then return {2, {}} end
+  if not first then return {2, {}, {}} end
   redis.call('HSET', endpoint_key, 'session', session)
 end
 if first then
@@ -50,14 +54,19 @@ for _, e in ipairs(entries) do
   local state = redis.call('HGET', task_key, 'state')
   if (not state) or is_final(state) or redis.call('HGET', task_key, 'entry') ~= entry then
     drop_entry(queue, entry)  -- expired, finished or cancelled, or an outdated entry
+  elseif cancelled_on_return(task_key, task_id, ttl_result, now) then
+    drop_entry(queue, entry)
   else
-    if state ~= 'running' and state ~= 'waiting-for-nodes' then
-      set_state(task_key, 'running', now)
+    local f = redis.call('HMGET', task_key, 'function', 'payload', 'resources', 'options',
+      'attempts', 'owner', 'group')
+    if state ~= 'running' and state ~= 'waiting-for-nodes' and state ~= 'leased' then
+      set_state(task_key, 'leased', now)
+      state_event(f[7], 'leased', task_id)
     end
     redis.call('HSET', task_key, 'session', session)
-    local f = redis.call('HMGET', task_key, 'function', 'payload', 'resources', 'options',
-      'attempts', 'owner')
     table.insert(out, {task_id, f[1], f[2], f[3], f[4], f[5], f[6]})
   end
 end
-return done({0, out})
+local stop = redis.call('SMEMBERS', cancels)
+if #stop > 0 then redis.call('DEL', cancels) end
+return done({0, out, stop}, now)

@@ -1,21 +1,26 @@
--- READ_RESULTS: the next entries of a task group's result stream, with their task records,
--- in one step.
+-- READ_RESULTS: the next entries of a task group's result stream: finished tasks with their
+-- records, and state events (tasks leased, waiting for nodes, running), in one step.
 -- KEYS[1] the group's result stream
 -- ARGV[1] cursor (the last entry id read), ARGV[2] most entries, then the task hash fields
 -- to return.
--- Returns {last entry id, {{task id, field values...}, ...}}, or {cursor, {}} if none.
+-- Returns {last entry id, {{task id, field values...}, ...}, {{state, ids, at}, ...}}.
 local stream, cursor, count = KEYS[1], ARGV[1], ARGV[2]
 local FIELDS = 3
 local read = redis.call('XREAD', 'COUNT', count, 'STREAMS', stream, cursor)
-if not read then return {cursor, {}} end
+if not read then return {cursor, {}, {}} end
 local fields = {}
 for a = FIELDS, #ARGV do table.insert(fields, ARGV[a]) end
-local out, last = {}, cursor
+local out, events, last = {}, {}, cursor
 for _, item in ipairs(read[1][2]) do
   last = item[1]
-  local task_id = item[2][2]
-  local values = redis.call('HMGET', key_for(KEY_TEMPLATES.task, task_id), unpack(fields))
-  table.insert(values, 1, task_id)
-  table.insert(out, values)
+  local entry = {}
+  for i = 1, #item[2], 2 do entry[item[2][i]] = item[2][i + 1] end
+  if entry.t then
+    local values = redis.call('HMGET', key_for(KEY_TEMPLATES.task, entry.t), unpack(fields))
+    table.insert(values, 1, entry.t)
+    table.insert(out, values)
+  elseif entry.e then
+    table.insert(events, {entry.e, entry.ids or '', entry.at or '0'})
+  end
 end
-return {last, out}
+return {last, out, events}

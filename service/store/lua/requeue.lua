@@ -17,7 +17,8 @@ for i = 1, #KEYS - 1 do
   local entry, task_id = ARGV[a], ARGV[a + 1]
   local f = redis.call('HMGET', task_key, 'state', 'entry')
   drop_entry(queue, entry)
-  if f[1] and not is_final(f[1]) and f[2] == entry then
+  if f[1] and not is_final(f[1]) and f[2] == entry
+      and not cancelled_on_return(task_key, task_id, ttl, now) then
     local attempts = tonumber(redis.call('HGET', task_key, 'attempts') or '0')
     if count_attempt then attempts = redis.call('HINCRBY', task_key, 'attempts', 1) end
     if attempts >= max_attempts then
@@ -31,4 +32,4 @@ for i = 1, #KEYS - 1 do
     end
   end
 end
-return done({requeued, failed})
+return done({requeued, failed}, now)

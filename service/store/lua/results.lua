@@ -2,14 +2,14 @@
 -- KEYS[1] the endpoint's queue   KEYS[2] the endpoint's hash   KEYS[3] the sign-of-life index
 -- KEYS[3+i] the i-th task's hash
 -- ARGV[1] endpoint id, ARGV[2] now, ARGV[3] result ttl, ARGV[4] the reporting agent session,
--- then 6 per result: task id, state (success|failed|cancelled), result, exception, stdout,
--- stderr.
+-- then 7 per result: task id, state (success|failed|cancelled), result, exception, stdout,
+-- stderr, when it started on its worker ('' if it did not).
 -- Results of a replaced session are good results too; the current session's are also its
 -- sign of life. Returns {stored, duplicates}: a duplicate is a task already final (a
 -- redelivered task finished twice) or not this endpoint's.
 local queue, endpoint_key, beats = KEYS[1], KEYS[2], KEYS[3]
 local endpoint_id, now, ttl, session = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local FIRST, STRIDE, TASKS = 5, 6, 3
+local FIRST, STRIDE, TASKS = 5, 7, 3
 
 if redis.call('HGET', endpoint_key, 'session') == session then
   redis.call('HSET', endpoint_key, 'last_heartbeat', now)
@@ -26,10 +26,14 @@ for i = 1, #KEYS - TASKS do
   else
     redis.call('HSET', task_key, 'result', ARGV[a + 2], 'exc', ARGV[a + 3],
       'stdout', ARGV[a + 4], 'stderr', ARGV[a + 5])
+    -- A task that ran before its "running" report arrived still has its start time.
+    if ARGV[a + 6] ~= '' and not redis.call('HGET', task_key, 't_running') then
+      redis.call('HSET', task_key, 't_running', ARGV[a + 6])
+    end
     set_state(task_key, state, now)
     drop_entry(queue, f[3])
     finish(task_key, task_id, ttl, now)
     stored = stored + 1
   end
 end
-return done({stored, duplicates})
+return done({stored, duplicates}, now)
