@@ -12,6 +12,7 @@ from .errors import (
     TaskCancelled,
     TaskExecutionFailed,
     TaskPending,
+    VersionMismatchError,
 )
 from .executor import ComputeFuture, Executor
 from .mpi import MPIFunction
@@ -24,5 +25,5 @@ __all__ = [
     "Batch", "Client", "ComputeFuture", "Executor", "FedComputeError", "MPIFunction",
     "RemoteTraceback",
     "ServiceError", "ShellFunction", "ShellResult", "TaskCancelled", "TaskExecutionFailed",
-    "TaskPending", "TaskState", "__version__",
+    "TaskPending", "TaskState", "VersionMismatchError", "__version__",
 ]

@@ -104,6 +104,15 @@ class VersionMismatch(FedComputeError):
     """This SDK (or an endpoint) and the service do not speak compatible versions."""
 
 
+class VersionMismatchError(VersionMismatch):
+    """The endpoint runs a Python, cloudpickle or fedcompute version this SDK's functions
+    cannot run on; raised before any task is sent (``Executor(check_versions=...)``)."""
+
+
+class VersionMismatchWarning(UserWarning):
+    """``check_versions="warn"``: the endpoint's versions differ; tasks are sent anyway."""
+
+
 class IgnoredOptionWarning(UserWarning):
     """An option that only means something to Globus Compute (its AMQP transport, Globus
     Auth, ...) was given; fedcompute accepts it so that such code runs, and ignores it."""

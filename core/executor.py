@@ -24,6 +24,7 @@ from typing import Any
 from . import errors, serialize
 from .client import Client, UUIDLike, as_uuid, checked_options, decode_outcome, warn_ignored
 from .config import home
+from .endpoint_check import CheckVersions, EndpointCheck
 from .future import ComputeFuture
 from .protocol import packb, unpackb
 from .results import ResultPoller
@@ -97,7 +98,11 @@ class Executor(concurrent.futures.Executor):
     ``api_burst_window_s``, when given, allow at most that many submission requests per window
     (by default only the service's rate limit applies). ``amqp_port``, ``serializer`` and
     ``result_serializers`` belong to Globus Compute's transport and serializers: accepted and
-    ignored with a warning. ``capture_output`` and ``poll_wait`` are fedcompute's own.
+    ignored with a warning. ``capture_output`` and ``poll_wait`` are fedcompute's own, and
+    so are the checks at the first submission to each endpoint: ``check_versions`` (raise
+    ``VersionMismatchError``, ``"warn"`` or ``False`` when the endpoint's Python, cloudpickle
+    or fedcompute version could not run these functions) and ``offline_warning_after``
+    (warn when the endpoint has been offline for longer, in seconds; ``None``: never).
     """
 
     def __init__(self, endpoint_id: UUIDLike | None = None, client: Client | None = None,
@@ -107,7 +112,9 @@ class Executor(concurrent.futures.Executor):
                  batch_size: int = 2000, amqp_port: int | None = None,
                  api_burst_limit: int | None = None, api_burst_window_s: int | None = None,
                  serializer: Any = None, result_serializers: Iterable | None = None, *,
-                 capture_output: bool = False, poll_wait: float = 20.0):
+                 capture_output: bool = False, poll_wait: float = 20.0,
+                 check_versions: CheckVersions = True,
+                 offline_warning_after: float | None = 300.0):
         self.endpoint_id = endpoint_id
         self.client = client or Client()
         self._lock = threading.Condition()
@@ -135,6 +142,7 @@ class Executor(concurrent.futures.Executor):
         self.api_burst_window_s = None if self.api_burst_limit is None \
             else min(32, max(1, 16 if api_burst_window_s is None else api_burst_window_s))
         self.capture_output = capture_output
+        self._check_endpoint = EndpointCheck(self.client, check_versions, offline_warning_after)
         self._submitter = Submitter(
             self.client, lambda: self.task_group_id, self.batch_size, self._fail,
             None if self.api_burst_limit is None
@@ -260,7 +268,9 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("no endpoint: pass Executor(endpoint_id=...) or endpoint_id=")
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
-        return str(as_uuid(endpoint, "endpoint_id"))
+        endpoint = str(as_uuid(endpoint, "endpoint_id"))
+        self._check_endpoint(endpoint)
+        return endpoint
 
     def _enqueue(self, endpoint: str, function_id: str, args: Iterable, kwargs: dict | None,
                  resource_specification: dict | None,

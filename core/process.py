@@ -17,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,27 @@ def spawn(args: list[str], *, death_signal: int = signal.SIGTERM, new_session: b
     before it ends)."""
     return subprocess.Popen(args, preexec_fn=_die_with(os.getpid(), death_signal),
                             start_new_session=new_session, **popen)
+
+
+def on_stop_signals(callback: Callable[[], None],
+                    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Call ``callback`` once, on a thread of its own, at the first of ``signals``.
+
+    Not in the handler itself: a handler runs between two bytecodes of the main thread,
+    which may hold the very lock ``callback`` takes (``Event.set`` inside ``Event.set``, when
+    a second signal lands during the first one's handling, deadlocks for good). Later
+    signals are ignored: the stop is under way."""
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        threading.Thread(target=callback, daemon=True, name="fedcompute-stop-signal").start()
+
+    for sig in signals:
+        signal.signal(sig, handler)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import click
 import yaml
 from fedcompute.client import Client
 from fedcompute.config import load_credentials
-from fedcompute.process import AlreadyRunning, PidLock, stop_pid
+from fedcompute.process import AlreadyRunning, PidLock, on_stop_signals, stop_pid
 
 from .config import (
     config_path,
@@ -119,8 +118,7 @@ def run_foreground(name: str) -> None:
     directory = endpoint_dir(name)
     lock = _lock(name).acquire()
     agent = Agent(config, cred["endpoint_id"], cred["credential"], cred["service_url"], directory)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.stop())
+    on_stop_signals(agent.stop)
 
     def ready() -> None:
         # Written atomically: `start` and test harnesses read it as soon as it exists.
@@ -200,14 +198,43 @@ def restart(ctx: click.Context, name: str) -> None:
 
 
 @endpoint.command("list")
-def list_endpoints() -> None:
-    """Configured endpoints, their ids and whether they run."""
+@click.option("--local", "local_only", is_flag=True, help="do not ask the service")
+def list_endpoints(local_only: bool) -> None:
+    """Configured endpoints: id, whether it runs here, and what the service sees (online,
+    workers, tasks queued, at the endpoint and running, batch jobs pending/running)."""
     root = endpoints_root()
+    client = None
+    if not local_only:
+        try:
+            client = Client()
+        except Exception:  # noqa: BLE001 - not logged in: the local view is still useful
+            client = None
     for path in sorted(root.glob("*/config.yaml")) if root.exists() else []:
         name = path.parent.name
         cred = load_credential(name) or {}
+        endpoint_id = cred.get("endpoint_id")
         state = f"running (pid {_pid(name)})" if _pid(name) else "stopped"
-        click.echo(f"{name}\t{cred.get('endpoint_id', '(not registered)')}\t{state}")
+        line = [name, endpoint_id or "(not registered)", state]
+        if client is not None and endpoint_id:
+            line.append(_service_view(client, endpoint_id))
+        click.echo("\t".join(line))
+
+
+def _service_view(client: Client, endpoint_id: str) -> str:
+    """``online, 2 workers, 10 queued, 4 at the endpoint (2 running), jobs 1 pending 1
+    running`` as the service has it."""
+    try:
+        status = client.get_endpoint_status(endpoint_id)
+    except Exception as exc:  # noqa: BLE001 - one endpoint the service does not know
+        return f"service: {str(exc).splitlines()[0][:80]}"
+    details = status.get("details") or {}
+    parts = [status["status"], f"{details.get('workers', 0)} workers",
+             f"{status['queued']} queued", f"{status['leased']} at the endpoint"]
+    if details.get("running") is not None and status["status"] == "online":
+        parts[-1] += f" ({details['running']} running)"
+    if "jobs_pending" in details:
+        parts.append(f"jobs {details['jobs_pending']} pending {details['jobs_running']} running")
+    return ", ".join(parts)
 
 
 @endpoint.command()

@@ -94,8 +94,7 @@ def dev(port: int, workers: int | None, run_cmd: str | None, user_name: str) -> 
                 raise SystemExit(code)
             return
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        process.on_stop_signals(stop.set)
         click.echo("press Ctrl-C to stop", err=True)
         while not stop.wait(1.0):
             if endpoint_proc.poll() is not None:

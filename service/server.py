@@ -7,7 +7,6 @@ import datetime
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -220,8 +219,7 @@ class Service:
     def serve_forever(self) -> None:
         """Block until SIGTERM or SIGINT, then stop everything."""
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        process.on_stop_signals(stop.set)
         try:
             while not stop.wait(1.0):
                 pass

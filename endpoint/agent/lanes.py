@@ -2,7 +2,10 @@
 lanes have room, results and "started" events read back.
 
 A lane takes about ``DEPTH`` tasks per executor at a time, so its executors never wait for
-the next one while the agent holds the rest (the backlog) and sends as results come back. If
+the next one while the agent holds the rest (the backlog) and sends as results come back.
+When the backlog is empty and a lane has an idle executor while another holds tasks it has not
+started (a short task queued behind a long one), the agent takes half of those back and
+sends them to the idle lane: work stealing, as Dask's scheduler does between workers. If
 a lane's connection drops (its worker died or was retired), the tasks it held go back to the
 dispatcher, which reruns them on the Dask path: a task that kills its worker fails there, the
 others run again.
@@ -41,9 +44,13 @@ class Lane:
         welcome = self.frames.recv()
         if not welcome or welcome.get("op") != "welcome":
             raise ConnectionError(f"lane {address} refused the connection")
-        self.capacity = DEPTH * int(welcome.get("executors") or 1)
+        self.executors = int(welcome.get("executors") or 1)
+        self.capacity = DEPTH * self.executors
         self.held: dict[str, LeasedTask] = {}
         self.seceded: set[str] = set()  # held tasks whose slot a spare executor took
+        self.stopping: set[str] = set()  # held tasks asked to stop
+        self.stealing = False  # asked to give back tasks it has not started; no reply yet
+        self.dry = False  # its last steal returned nothing: not asked again before a result
         self.sent_functions: set[str] = set()
         self.alive = True
         threading.Thread(target=self._read, daemon=True, name="fedcompute-lane-reader").start()
@@ -51,6 +58,12 @@ class Lane:
     @property
     def room(self) -> int:
         return self.capacity + len(self.seceded) - len(self.held) if self.alive else 0
+
+    @property
+    def waiting(self) -> int:
+        """Held tasks beyond what its executors run: queued in the lane, not started."""
+        return len(self.held) - len(self.seceded) - self.executors
+
 
     def send(self, tasks: list[LeasedTask], bodies: dict[str, bytes]) -> None:
         for t in tasks:
@@ -124,7 +137,11 @@ class LanePool:
                 lanes = sorted((lane for lane in self.lanes.values() if lane.room > 0),
                                key=lambda lane: -lane.room)
                 if not lanes or not self.backlog:
-                    return
+                    victim = self._victim() if not self.backlog else None
+                    if victim is None:
+                        return
+                    victim.stealing = True
+                    break
                 lane = lanes[0]
                 batch = [self.backlog.popleft()
                          for _ in range(min(lane.room, len(self.backlog)))]
@@ -136,6 +153,20 @@ class LanePool:
                     self.backlog.extendleft(reversed(batch))
                     for t in batch:
                         lane.held.pop(t.task_id, None)
+        try:
+            victim.frames.send({"op": "steal", "n": max(1, victim.waiting // 2)})
+        except OSError:
+            victim.stealing = False
+
+    def _victim(self) -> Lane | None:
+        """With an idle executor somewhere and nothing in the backlog: the lane with the most
+        tasks waiting behind its executors (under ``self.lock``)."""
+        alive = [lane for lane in self.lanes.values() if lane.alive]
+        if not any(lane.waiting < 0 for lane in alive):
+            return None
+        victims = [lane for lane in alive
+                   if lane.waiting > 0 and not lane.stealing and not lane.dry]
+        return max(victims, key=lambda lane: lane.waiting) if victims else None
 
     def on_frame(self, lane: Lane, frame: dict) -> None:
         results = [TaskResult.from_wire(r) for r in frame.get("results") or ()]
@@ -145,13 +176,26 @@ class LanePool:
         if frame.get("seceded"):
             with self.lock:
                 lane.seceded.update(t for t in frame["seceded"] if t in lane.held)
+        if "returned" in frame:  # the reply to a steal: tasks it had not started
+            stopped = []
+            with self.lock:
+                lane.stealing = False
+                back = [lane.held.pop(t) for t in frame["returned"] if t in lane.held]
+                lane.dry = not back
+                stopped = [t for t in back if t.task_id in lane.stopping]
+                lane.stopping.difference_update(t.task_id for t in back)
+                self.backlog.extendleft(reversed([t for t in back if t not in stopped]))
+            if stopped:
+                results += [TaskResult.cancelled(t.task_id) for t in stopped]
         if results:
             with self.lock:
+                lane.dry = False
                 for r in results:
                     lane.held.pop(r.task_id, None)
                     lane.seceded.discard(r.task_id)
+                    lane.stopping.discard(r.task_id)
             self.finished(results)
-        if results or frame.get("seceded"):
+        if results or frame.get("seceded") or "returned" in frame:
             self.pump()
 
     def on_lost(self, lane: Lane) -> None:
@@ -162,6 +206,7 @@ class LanePool:
             held = list(lane.held.values())
             lane.held.clear()
             lane.seceded.clear()
+            lane.stopping.clear()
             # If no lane is left, the backlog goes the Dask way too.
             if not any(x.alive for x in self.lanes.values()):
                 held += list(self.backlog)
@@ -182,6 +227,8 @@ class LanePool:
             self.backlog = deque(t for t in self.backlog if t.task_id not in wanted)
             by_lane = [(lane, [t for t in lane.held if t in wanted])
                        for lane in self.lanes.values()]
+            for lane, ids in by_lane:
+                lane.stopping.update(ids)
         found = []
         for lane, ids in by_lane:
             if ids:

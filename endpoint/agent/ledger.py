@@ -19,6 +19,7 @@ class Ledger:
         self._outstanding: dict[str, float] = {}  # task id -> when it was dispatched
         self._delivering: set[str] = set()
         self._waiting_for_nodes: set[str] = set()
+        self._running: set[str] = set()  # started on a worker, not finished
 
     def admit(self, task_ids: Iterable[str]) -> set[str]:
         """Record new tasks as outstanding; returns the ids that were not already held."""
@@ -40,6 +41,7 @@ class Ledger:
             for t in task_ids:
                 self._outstanding.pop(t, None)
                 self._waiting_for_nodes.discard(t)
+                self._running.discard(t)
                 self._delivering.add(t)
             self.lock.notify_all()
 
@@ -50,6 +52,15 @@ class Ledger:
     def outstanding(self) -> int:
         with self.lock:
             return len(self._outstanding)
+
+    def started(self, task_ids: Iterable[str]) -> None:
+        """These outstanding tasks started on a worker."""
+        with self.lock:
+            self._running.update(t for t in task_ids if t in self._outstanding)
+
+    def running(self) -> int:
+        with self.lock:
+            return len(self._running)
 
     def wait_for_room(self, capacity: int, timeout: float) -> int:
         """How many more tasks fit under ``capacity`` (waits up to ``timeout`` for room)."""
@@ -76,6 +87,7 @@ class Ledger:
         with self.lock:
             left = list(self._outstanding)
             self._outstanding.clear()
+            self._running.clear()
             self.lock.notify_all()
             return left
 

@@ -61,7 +61,8 @@ class StatusReporter:
         if fresh or not self._engine_status:
             self._engine_status = self.engine.status()
         return {**self._engine_status, "workers": self.workers,
-                "outstanding": self.ledger.outstanding(), "spooled_batches": len(self.spool),
+                "outstanding": self.ledger.outstanding(), "running": self.ledger.running(),
+                "spooled_batches": len(self.spool),
                 "session": self.api.session, "hostname": platform.node(),
                 "uptime": round(time.time() - self.started, 1),
                 "versions": self._versions}
@@ -72,6 +73,7 @@ class StatusReporter:
 
     def running(self, task_ids: list[str], host: str, pid: int) -> None:
         """Tasks started on a worker: reported within ``RUNNING_EVERY`` seconds, batched."""
+        self.ledger.started(task_ids)
         with self._lock:
             for task_id in task_ids:
                 self._running[task_id] = {"host": host, "pid": pid}

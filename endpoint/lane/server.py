@@ -8,8 +8,9 @@ with ``Client.run(lane_address)`` and connects; the first frame must carry the l
 
 Frames from the agent: ``{"op": "hello", "secret"}``, ``{"op": "run", "tasks": [...],
 "bodies": {function_id: body}}``, ``{"op": "stop", "task_ids": [...], "why": "cancel"}``.
-To the agent: ``{"op": "started", "task_ids", "host", "pid"}`` and ``{"op": "results",
-"results": [...]}`` (batched: whatever finished meanwhile goes in one frame).
+``{"op": "steal", "n"}`` (give back up to n tasks not started). To the agent: one
+``{"op": "batch"}`` frame for whatever happened meanwhile: ``results``, ``started``,
+``seceded`` and, answering a steal, ``returned`` (ids of the tasks given back).
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ class LaneServer:
                         self._ready.notify(len(tasks))
                 elif message.get("op") == "stop":
                     self._stop(message["task_ids"], message.get("why", "cancel"))
+                elif message.get("op") == "steal":
+                    self._give_back(int(message.get("n") or 0))
         except (OSError, ValueError) as exc:
             log.info("lane connection ended: %s", exc)
         finally:
@@ -225,6 +228,14 @@ class LaneServer:
                     self._conn = None
                     self._queue.clear()  # the agent reruns what it had here
             conn.close()
+
+    def _give_back(self, n: int) -> None:
+        """Hand up to ``n`` tasks not started yet back to the agent (the last queued: the
+        agent runs them on a lane with an idle executor). Always answered, if with none."""
+        with self._ready:
+            back = [self._queue.pop() for _ in range(min(max(n, 0), len(self._queue)))]
+        self._outbox.put({"op": "returned", "task_ids": [t.task_id for t in reversed(back)]})
+        self._flush()
 
     def _stop(self, task_ids: list[str], why: str) -> None:
         wanted = set(task_ids)
@@ -296,6 +307,9 @@ class LaneServer:
                                  if i["op"] == "started"],
                      "seceded": [i["task_id"] for i in items if i["op"] == "seceded"],
                      "host": self.host, "pid": os.getpid()}
+            returned = [i["task_ids"] for i in items if i["op"] == "returned"]
+            if returned:
+                frame["returned"] = [t for ids in returned for t in ids]
             conn = self._conn
             if conn is None:
                 return  # the agent is gone: it reruns these, or they were reclaimed

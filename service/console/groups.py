@@ -33,7 +33,7 @@ CANCEL_PAGE = 1000
 #: ...for at most this long per request (the rest on the next press of the button).
 CANCEL_BUDGET = 20.0
 #: Bar segments, in the order drawn (left to right).
-BAR_STATES = ("success", "failed", "cancelled", "running", "waiting-for-nodes",
+BAR_STATES = ("success", "failed", "cancelled", "running", "waiting-for-nodes", "leased",
               "waiting-for-endpoint", "received")
 
 
@@ -110,7 +110,8 @@ def rows(group: str) -> Response:
 
 @bp.post("/groups/<group>/cancel")
 def cancel_group(group: str) -> Response:
-    """Cancel every task of the group that no agent holds yet, page by page."""
+    """Cancel every task of the group not ended yet, page by page (those an endpoint holds
+    are stopped there)."""
     user = session.require(SUBMIT)
     group = owned_group(group, user)
     store = fed().store
@@ -120,7 +121,7 @@ def cancel_group(group: str) -> Response:
             errors.TaskCancelled, f"task {task_id} was cancelled with its task group {group}"))
 
     started = time.monotonic()
-    cancelled = offset = 0
+    cancelled = stopping = offset = 0
     finished = True
     if any(store.group_counts(group).get(s) for s in CANCELLABLE_STATES):
         while offset < store.group_size(group):
@@ -130,13 +131,11 @@ def cancel_group(group: str) -> Response:
             ids = store.cancellable_in(group, offset, CANCEL_PAGE)
             states = store.cancel_many(ids, envelope) if ids else {}
             cancelled += sum(1 for s in states.values() if s == "cancelled")
+            stopping += sum(1 for s in states.values() if s == "cancelling")
             offset += CANCEL_PAGE
-    running = sum(store.group_counts(group).get(s, 0)
-                  for s in ("running", "waiting-for-nodes"))
     message = f"Cancelled {cancelled:,} task{'s' if cancelled != 1 else ''}."
-    if running:
-        message += (f" {running:,} already at the endpoint (running or about to) go on to "
-                    "their end.")
+    if stopping:
+        message += f" {stopping:,} at the endpoint are being stopped there."
     if not finished:
         message += " There are more: press Cancel again for the rest."
     session.flash(message)

@@ -44,10 +44,10 @@ _CURSOR = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
 def duration(record: dict) -> float | None:
-    """Seconds from leaving the queue (the ``running`` timestamp) to the result, for tasks
-    that ran to success or failure."""
+    """Seconds from the start on a worker (``running``; ``leased`` for a task whose start
+    was not reported) to the result, for tasks that ran to success or failure."""
     stamps = record["timestamps"]
-    end, start = stamps.get(record["status"]), stamps.get("running")
+    end, start = stamps.get(record["status"]), stamps.get("running") or stamps.get("leased")
     if record["status"] not in ("success", "failed") or end is None or start is None:
         return None
     return max(0.0, end - start)

@@ -21,7 +21,8 @@ _MEANING = {
     "received": "submitted to the service",
     "waiting-for-endpoint": "queued for the endpoint",
     "waiting-for-nodes": "at the endpoint, waiting for a worker",
-    "running": "leased by the endpoint",
+    "leased": "leased by the endpoint, queued there",
+    "running": "started on a worker",
     "success": "finished",
     "failed": "failed",
     "cancelled": "cancelled",
@@ -77,9 +78,10 @@ def cancel(task_id: str) -> Response:
     state = fed().store.cancel(task_id, envelope)
     if state == "cancelled":
         session.flash("Task cancelled.")
+    elif state == "cancelling":
+        session.flash("The endpoint holds the task: it is being stopped there.")
     elif state in FINAL_STATES:
         session.flash(f"The task had already ended ({state}).")
     else:
-        session.flash(f"Too late to cancel: the endpoint holds the task ({state}); it runs "
-                      "to its end or its walltime.")
+        session.flash(f"The task could not be cancelled ({state}).")
     return redirect(url_for("console.task", task_id=task_id), 303)

@@ -17,8 +17,10 @@ from .tasks import TIMESTAMP_STATES
 
 #: Task states after which nothing changes.
 FINAL_STATES = ("success", "failed", "cancelled")
-#: States in which ``cancel`` still stops a task (no agent holds it yet).
-CANCELLABLE_STATES = ("received", "waiting-for-endpoint")
+#: States in which ``cancel`` stops a task: ends it at once, or (held by an agent: leased,
+#: waiting for nodes, running) asks the endpoint to stop it.
+CANCELLABLE_STATES = ("received", "waiting-for-endpoint", "leased", "waiting-for-nodes",
+                      "running")
 _LIGHT_FIELDS = ("state", "function", *(f"t_{s}" for s in TIMESTAMP_STATES))
 
 
@@ -177,12 +179,12 @@ class Console:
         if not reply:
             return cursor, []
         entries = reply[0][1]
-        ids = [fields[b"t"].decode() for _, fields in entries]
+        # (State events share the stream, without a task id: they are skipped here.)
+        ids = [fields[b"t"].decode() for _, fields in entries if b"t" in fields]
         return entries[-1][0].decode(), [r for r in self.light_tasks(ids) if r is not None]
 
     def cancellable_in(self, group: str, offset: int, limit: int) -> list[str]:
-        """Ids of the tasks ``offset`` to ``offset + limit`` of the group that no agent holds
-        yet."""
+        """Ids of the tasks ``offset`` to ``offset + limit`` of the group not ended yet."""
         ids = [t.decode() for t in self.redis.lrange(keys.group_tasks(group), offset,
                                                      offset + limit - 1)]
         pipe = self.redis.pipeline(transaction=False)

@@ -168,7 +168,7 @@ def test_cancel_a_group(browser, fed_stack):
                      "a task to start")
         browser.shot("group-before-cancel")
         browser.find("#cancel-group button").click()
-        assert "not started yet" in browser.accept_dialog()
+        assert "not ended yet" in browser.accept_dialog()
         flash = browser.wait(lambda: browser.text("#flash"))
         cancelled = int(flash.split()[1])
         assert 20 <= cancelled <= 29, flash

@@ -42,6 +42,9 @@ def test_endpoint_daemon_lifecycle(fed_stack, tmp_path):
     listing = fedcompute("endpoint", "list", env=env).stdout
     assert "daemon-ep" in listing and "running" in listing
     endpoint_id = listing.split("daemon-ep")[1].split()[0]
+    # ...and what the service sees of it
+    line = next(ln for ln in listing.splitlines() if ln.startswith("daemon-ep"))
+    assert "online, 1 workers, 0 queued, 0 at the endpoint (0 running)" in line, line
 
     from fedcompute import Executor
 
@@ -72,3 +75,47 @@ def test_user_commands_and_login(fed_stack, tmp_path):
     fed_stack.cli("user", "revoke", "carol-cli")
     refused = fedcompute("whoami", env=env)
     assert refused.returncode != 0 and "401" in refused.stderr
+
+
+def nap(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_task_show_list_and_cancel(fed_stack):
+    import time
+
+    from fedcompute import Executor
+
+    env = {**fed_stack.env}
+    ex = Executor(fed_stack.endpoint_id, client=fed_stack.client())
+    long, short = ex.submit(nap, 120), ex.submit(nap, 0)
+    assert short.result(timeout=120) == 0
+    deadline = time.monotonic() + 60
+    while long.status() != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown = fedcompute("task", "show", long.task_id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "state      running" in shown.stdout and "worker     " in shown.stdout
+    assert [ln.split()[-1] for ln in shown.stdout.split("timeline")[1].splitlines()[1:4]] == \
+        ["received", "waiting-for-endpoint", "leased"]
+    group = str(ex.task_group_id)
+    listed = fedcompute("task", "list", "--group", group, env=env).stdout.splitlines()
+    assert sorted(ln.split("\t")[:2] for ln in listed) == sorted(
+        [[long.task_id, "running"], [short.task_id, "success"]])
+    pending = fedcompute("task", "list", "--group", group, "--state", "pending", env=env)
+    assert pending.stdout.split("\t")[0] == long.task_id
+    cancelled = fedcompute("task", "cancel", long.task_id, env=env)
+    assert cancelled.stdout.strip() == f"{long.task_id}\tcancelling", cancelled.stderr
+    deadline = time.monotonic() + 30
+    while "state      cancelled" not in (out := fedcompute("task", "show", long.task_id,
+                                                          env=env).stdout):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.5)
+    assert "error      TaskCancelled" in out
+    assert "1 cancelled" in fedcompute("task", "cancel", "--group", group, env=env).stdout
+    bad = fedcompute("task", "show", "not-a-task", env=env)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    ex.shutdown(wait=False)

@@ -164,3 +164,35 @@ def test_a_lock_names_its_holder_and_frees_on_exit(tmp_path):
     with PidLock(path, "thing") as lock:  # the flock went with the process: never stale
         assert lock.held_by() == os.getpid()
     assert PidLock(path, "thing").held_by() is None
+
+
+def test_a_burst_of_stop_signals_stops_once_without_deadlock(tmp_path):
+    """The stop runs on a thread, once: signals landing while it runs (a supervisor's SIGTERM
+    after the parent-death one) cannot deadlock the handler on the lock the stop holds."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "stopper.py"
+    script.write_text(textwrap.dedent("""
+        import threading, time
+        from fedcompute.process import on_stop_signals
+        stop, calls = threading.Event(), []
+        def on_stop():
+            calls.append(1)
+            stop.set()
+        on_stop_signals(on_stop)
+        print("ready", flush=True)
+        while not stop.wait(0.0001):
+            stop.is_set()  # keep the main thread inside the event's lock as often as possible
+        time.sleep(0.2)
+        print("stopped", len(calls), flush=True)
+    """))
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(50):
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert out.strip() == "stopped 1"

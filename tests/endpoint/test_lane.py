@@ -117,3 +117,29 @@ def test_a_task_that_kills_its_process_fails_alone(lane):
 def test_the_wrong_secret_is_refused(lane):
     frames = _connect(lane, secret="guess")
     assert frames.recv() is None
+
+
+def test_steal_gives_back_tasks_not_started_and_only_those():
+    server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20)
+    try:
+        frames = _connect(server)
+        frames.recv()
+        tasks = [_task(nap, 30)] + [_task(square, i) for i in range(4)]
+        _run(frames, *tasks)
+        time.sleep(1.0)  # the long one has started; the four wait behind it
+        frames.send({"op": "steal", "n": 3})
+        returned = None
+        while returned is None:
+            frame = frames.recv()
+            returned = frame.get("returned")
+        assert returned == [t.task_id for t, _ in tasks[2:]]  # the last three, in order
+        frames.send({"op": "stop", "task_ids": [tasks[0][0].task_id], "why": "cancel"})
+        results = _results(frames, 2)
+        assert results[tasks[0][0].task_id].status == "cancelled"
+        assert serialize.loads(results[tasks[1][0].task_id].result) == 0
+        frames.send({"op": "steal", "n": 5})  # nothing left to give: answered all the same
+        while (frame := frames.recv()).get("returned") is None:
+            pass
+        assert frame["returned"] == []
+    finally:
+        server.close()

@@ -19,7 +19,7 @@
 
   function groupView(root) {
     const SVG = "http://www.w3.org/2000/svg";
-    const BAR = ["success", "failed", "cancelled", "running", "waiting-for-nodes",
+    const BAR = ["success", "failed", "cancelled", "running", "waiting-for-nodes", "leased",
                  "waiting-for-endpoint", "received"];
     const FINAL = ["success", "failed", "cancelled"];
     const WIDTHS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600,
