@@ -84,6 +84,10 @@ class EndpointLost(FedComputeError):
     """The endpoint running the task went away too many times."""
 
 
+class EndpointDeleted(FedComputeError):
+    """The task's endpoint was deleted before the task ended."""
+
+
 class WorkerLost(FedComputeError):
     """The worker process running the task died (segfault, ``os._exit``, OOM kill)."""
 
@@ -121,6 +125,6 @@ class IgnoredOptionWarning(UserWarning):
 #: Errors raised by fedcompute itself, rebuilt by name when they cross the wire.
 BUILTIN_ERRORS = {
     cls.__name__: cls
-    for cls in (TaskCancelled, EndpointLost, WorkerLost, WalltimeExceeded, ResultTooLarge,
-                FunctionNotAllowed, SerializationError)
+    for cls in (TaskCancelled, EndpointLost, EndpointDeleted, WorkerLost, WalltimeExceeded,
+                ResultTooLarge, FunctionNotAllowed, SerializationError)
 }

@@ -3,6 +3,11 @@
 Submissions are queued and sent in batches by one background thread; one more thread
 long-polls the task group's result stream and resolves futures as results arrive, so the cost
 per task is a few microseconds of local work and a share of one HTTP request.
+
+Longer than our ~400-line guide: it is Globus Compute's ``Executor`` surface (its arguments,
+attributes and methods, with their checks and warnings) in one class; the machinery is in
+``submission.py`` (batches), ``results.py`` (the long-poll), ``future.py`` and
+``endpoint_check.py``.
 """
 
 from __future__ import annotations

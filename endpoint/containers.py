@@ -1,5 +1,9 @@
 """Containers: an endpoint's workers in an image, and single tasks in another image.
 
+(Longer than our ~400-line guide: the command line of each runtime — podman, docker,
+podman-hpc, apptainer, singularity — is built in one place for both uses, so that a flag
+fixed for one is fixed for both.)
+
 * Endpoint config ``container: {type: podman, image: ..., options: [...]}`` runs the
   endpoint's Dask workers inside the image, as Globus Compute wraps its worker command: the
   batch engines wrap dask-jobqueue's ``python`` (``podman run ... IMAGE python -m

@@ -154,7 +154,8 @@ def _oidc(token: str) -> Principal:
     except ValueError as exc:  # a broken config file: the operator's problem, said clearly
         raise ServiceUnavailable(str(exc)) from exc
     if verifier is None:
-        raise Unauthorized("invalid or revoked token")
+        raise Unauthorized("invalid token: not a fedcompute token, and this service trusts "
+                           "no OpenID Connect issuer")
     try:
         who = verifier.verify(token)
     except oidc.TokenRejected as exc:

@@ -1,5 +1,8 @@
 """OpenID Connect access tokens: which issuers the service trusts and how it checks a token.
 
+(Longer than our ~400-line guide: configuration, discovery and key caching, and the token
+checks are one security-critical path that reads best, and is reviewed, in one file.)
+
 The file named by ``FEDCOMPUTE_OIDC_CONFIG`` (YAML or JSON) lists the issuers::
 
     issuers:

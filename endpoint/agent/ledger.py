@@ -3,14 +3,20 @@
 A task is *outstanding* from dispatch until it finishes here, then *delivering* until the
 service has stored its result. A task leased again meanwhile (a recovered lease, or leases
 reclaimed while this agent looked silent) is not run twice: its result will be stored whichever
-lease it came with.
+lease it came with. The last ``REMEMBERED`` delivered tasks are remembered too: a recovered
+lease read by the service just before their results were stored (spooled results flushing
+while the lease is in flight) must not run them again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
+
+#: Delivered task ids remembered (about 40 bytes each).
+REMEMBERED = 100_000
 
 
 class Ledger:
@@ -20,13 +26,14 @@ class Ledger:
         self._delivering: set[str] = set()
         self._waiting_for_nodes: set[str] = set()
         self._running: set[str] = set()  # started on a worker, not finished
+        self._delivered: OrderedDict[str, None] = OrderedDict()  # the last ones, oldest first
 
     def admit(self, task_ids: Iterable[str]) -> set[str]:
         """Record new tasks as outstanding; returns the ids that were not already held."""
         now = time.time()
         with self.lock:
             new = {t for t in task_ids if t not in self._outstanding
-                   and t not in self._delivering}
+                   and t not in self._delivering and t not in self._delivered}
             for t in new:
                 self._outstanding[t] = now
         return new
@@ -47,7 +54,11 @@ class Ledger:
 
     def delivered(self, task_ids: Iterable[str]) -> None:
         with self.lock:
-            self._delivering.difference_update(task_ids)
+            for t in task_ids:
+                self._delivering.discard(t)
+                self._delivered[t] = None
+            while len(self._delivered) > REMEMBERED:
+                self._delivered.popitem(last=False)
 
     def outstanding(self) -> int:
         with self.lock:

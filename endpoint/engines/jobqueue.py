@@ -1,5 +1,9 @@
 """Batch-system engines: the shared core over dask-jobqueue.
 
+(Longer than our ~400-line guide: it is dask-jobqueue's shared core, as ``core.py`` is there:
+option checking, adaptive job bounds, job states from the batch system and the worker-loss
+policy serve all seven batch systems, whose own files stay a few lines each.)
+
 Each batch system is a small subclass (``slurm.py``, ``pbs.py``, ``sge.py``, ``lsf.py``,
 ``htcondor.py``, ``oar.py``, ``moab.py``) naming its dask-jobqueue cluster class and, where
 known, how to ask the batch system for job states. The endpoint's ``engine:`` options pass

@@ -7,6 +7,9 @@ routes tasks to. A user process is started with :func:`fedcompute.process.spawn`
 SIGTERM when the manager dies however it dies, and its stdin closes then too; its Dask workers
 end with it. Threads per user process: a writer (the pipe may be full while its engine starts;
 the lease loop must not wait for that) and a reader (results, task states, its end).
+
+(Longer than our ~400-line guide: a user process's life — start as the mapped account, feed,
+read, idle stop, death — is one state machine; split, its locking would cross modules.)
 """
 
 from __future__ import annotations

@@ -103,5 +103,5 @@ def update(endpoint_id: str):
 def delete(endpoint_id: str):
     user = require_user(MANAGE)
     _owned(endpoint_id, user)
-    fed().store.delete_endpoint(endpoint_id.lower(), user)
-    return reply({"deleted": endpoint_id.lower()})
+    failed = fed().store.delete_endpoint(endpoint_id.lower(), user)
+    return reply({"deleted": endpoint_id.lower(), "tasks_failed": failed})

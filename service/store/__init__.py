@@ -107,7 +107,14 @@ class Store:
     endpoints_of = _Part("endpoints")
     endpoint_counts = _Part("endpoints")
     share_endpoint = _Part("endpoints")
-    delete_endpoint = _Part("endpoints")
+
+    def delete_endpoint(self, endpoint_id: str, owner: str) -> int:
+        """Delete an endpoint; its tasks not ended (queued or held by its agent) fail with
+        ``EndpointDeleted``. Returns how many did."""
+        failed = self.tasks.fail_endpoint_tasks(endpoint_id, "EndpointDeleted",
+                                                f"endpoint {endpoint_id} was deleted")
+        self.endpoints.delete_endpoint(endpoint_id, owner)
+        return failed
 
     submit = _Part("tasks")
     get_tasks = _Part("tasks")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from fedcompute import errors, serialize
 from fedcompute.protocol import TaskResult, TaskSpec, packb, unpackb
 
 from . import keys
@@ -96,6 +97,24 @@ class Tasks:
         for tid in task_ids:
             pipe.hget(keys.task(tid), "owner")
         return [text(o) for o in pipe.execute()]
+
+    def fail_endpoint_tasks(self, endpoint_id: str, error: str, message: str) -> int:
+        """Fail every task of the endpoint that has not ended (in its queue: waiting, or held
+        by its agent) with the fedcompute error named ``error``; how many there were."""
+        envelope = packb(serialize.error_envelope(getattr(errors, error), message))
+        queue, start, failed = keys.queue(endpoint_id), "-", 0
+        while True:
+            page = self.redis.xrange(queue, start, "+", count=1000)
+            if not page:
+                return failed
+            pipe = self.redis.pipeline(transaction=False)
+            now = time.time()
+            for _, fields in page:
+                tid = fields[b"t"].decode()
+                self.scripts.fail(keys=[keys.task(tid)],
+                                  args=[tid, now, self.result_ttl, envelope], client=pipe)
+            failed += sum(1 for s in pipe.execute() if s == b"failed")
+            start = "(" + page[-1][0].decode()  # after it (it is deleted by now)
 
     def cancel_many(self, task_ids: list[str], envelope: Callable[[str], bytes]
                     ) -> dict[str, str]:

@@ -173,8 +173,10 @@ def test_cancel_a_group(browser, fed_stack):
         cancelled = int(flash.split()[1])
         assert 20 <= cancelled <= 29, flash
         browser.wait(lambda: _percent(browser) == 100.0, 120, "every task to be final")
-        assert int(browser.find('[data-count="cancelled"]').text) == cancelled
-        assert int(browser.find('[data-count="success"]').text) == 30 - cancelled
+        # Those the endpoint held were stopped there, unless they had finished first.
+        shown = int(browser.find('[data-count="cancelled"]').text)
+        assert cancelled <= shown <= 30, (flash, shown)
+        assert int(browser.find('[data-count="success"]').text) == 30 - shown
         browser.wait(lambda: {r.get_attribute("data-state") for r in
                               browser.find_all("#tasks tbody tr")} == {"success", "cancelled"},
                      30, "the task list to follow")

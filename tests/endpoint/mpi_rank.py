@@ -21,4 +21,7 @@ rank, size = ctypes.c_int(), ctypes.c_int()
 lib.MPI_Comm_rank(world, ctypes.byref(rank))
 lib.MPI_Comm_size(world, ctypes.byref(size))
 print(f"rank {rank.value} of {size.value} on {socket.gethostname()}", flush=True)
+# Every rank's line is out before any rank finalizes: Open MPI's output forwarding can drop
+# the last line of a rank that finalizes while a loaded machine is still forwarding it.
+lib.MPI_Barrier(world)
 lib.MPI_Finalize()
