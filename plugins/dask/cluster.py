@@ -25,8 +25,9 @@ from .comm import fed_address
 logger = logging.getLogger(__name__)
 
 
-class VersionMismatchError(errors.FedComputeError, RuntimeError):
-    """The client's Python/Dask/cloudpickle versions do not match the endpoint's."""
+class VersionMismatchError(errors.VersionMismatchError, RuntimeError):
+    """The client's Python/Dask/cloudpickle versions do not match the endpoint's (a
+    ``fedcompute.VersionMismatchError``, so one ``except`` catches the SDK's and this)."""
 
 
 class EndpointUnavailable(errors.FedComputeError, ConnectionError):
