@@ -5,6 +5,7 @@ reclaimed and rerun when it comes back; a task whose endpoint keeps vanishing fa
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -12,6 +13,7 @@ import time
 import pytest
 from fedcompute import Executor, serialize
 from fedcompute.errors import EndpointLost
+from fedcompute.process import alive
 from fedcompute.protocol import unpackb
 
 from .agent_api import FakeAgent
@@ -79,7 +81,14 @@ def test_silent_endpoint_goes_offline_and_its_leases_are_rerun(stack):
         # Killed while still frozen: it never speaks again (a resumed agent would, legitimately,
         # take its session back and lease again).
         stack.stop_endpoint("local", sig=signal.SIGKILL)
-    assert not [p for p in process_tree(agent.pid) if p.pid in frozen]
+        # Its frozen children cannot act on their parent's death until they run again.
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    wait_for(lambda: not [pid for pid in frozen if alive(pid)], 30,
+             "the endpoint's processes to end with it")
     stack.start_endpoint("local")
     figures = assert_exactly_once(client, ex.task_group_id, futures, expected)
     ex.shutdown()
