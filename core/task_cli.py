@@ -49,7 +49,7 @@ def show(task_id: str, as_json: bool) -> None:
     client = _client()
     try:
         record = client.get_task_record(task_id)
-        info = client.get_task(task_id)
+        info = client._present(record)  # get_task's view of the same record: one request
     except errors.FedComputeError as exc:
         raise _fail(exc) from exc
     if as_json:

@@ -64,7 +64,6 @@ class Lane:
         """Held tasks beyond what its executors run: queued in the lane, not started."""
         return len(self.held) - len(self.seceded) - self.executors
 
-
     def send(self, tasks: list[LeasedTask], bodies: dict[str, bytes]) -> None:
         for t in tasks:
             self.held[t.task_id] = t
@@ -177,14 +176,14 @@ class LanePool:
             with self.lock:
                 lane.seceded.update(t for t in frame["seceded"] if t in lane.held)
         if "returned" in frame:  # the reply to a steal: tasks it had not started
-            stopped = []
             with self.lock:
                 lane.stealing = False
                 back = [lane.held.pop(t) for t in frame["returned"] if t in lane.held]
                 lane.dry = not back
                 stopped = [t for t in back if t.task_id in lane.stopping]
+                self.backlog.extendleft(reversed([t for t in back
+                                                  if t.task_id not in lane.stopping]))
                 lane.stopping.difference_update(t.task_id for t in back)
-                self.backlog.extendleft(reversed([t for t in back if t not in stopped]))
             if stopped:
                 results += [TaskResult.cancelled(t.task_id) for t in stopped]
         if results:
