@@ -62,7 +62,9 @@ class LocalStack:
         log.close()
         line = self.service.stdout.readline()
         if not line:
-            raise RuntimeError(f"service did not start; see {self.home / 'service.out'}")
+            self.service.wait(timeout)
+            tail = (self.home / "service.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"service did not start ({self.home / 'service.out'}):\n{tail}")
         self.service_url = json.loads(line)["url"]
         self.port = int(self.service_url.rsplit(":", 1)[1])
 

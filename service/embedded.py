@@ -16,10 +16,14 @@ import redis
 from fedcompute import process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(*, avoid: int = 0) -> int:
+    """A port free on 127.0.0.1 now (another process may take it before we bind it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
 def valkey_binary() -> str:
@@ -28,12 +32,21 @@ def valkey_binary() -> str:
     return str(get_binary_path())
 
 
+class PortTaken(RuntimeError):
+    """The server's port was taken by another process."""
+
+
 class EmbeddedRedis:
     """A Valkey server bound to 127.0.0.1, persisted in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, password: str | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, password: str | None = None,
+                 avoid_port: int = 0):
         self.data_dir = Path(data_dir)
-        self.port = port or free_port()
+        #: A port we chose may be taken between choosing and binding: then the first start
+        #: tries another one (a restart keeps it, for the clients that know it).
+        self._chose_port = not port
+        self._avoid_port = avoid_port
+        self.port = port or free_port(avoid=avoid_port)
         self.password = password
         self.process: subprocess.Popen | None = None
 
@@ -43,6 +56,16 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not self._chose_port or attempt == 2:
+                    raise
+                self.port = free_port(avoid=self._avoid_port)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             valkey_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
@@ -53,6 +76,8 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        log = self.data_dir / "valkey.log"
+        log_start = log.stat().st_size if log.exists() else 0
         # SIGTERM if we die: Valkey then flushes its append-only file and exits.
         self.process = process.spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -60,20 +85,27 @@ class EmbeddedRedis:
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         while True:
             if self.process.poll() is not None:
-                log = (self.data_dir / "valkey.log")
-                tail = log.read_text()[-2000:] if log.exists() else ""
+                tail = ""
+                if log.exists():
+                    with open(log, "rb") as f:  # this start's lines only
+                        f.seek(log_start)
+                        tail = f.read()[-2000:].decode(errors="replace")
+                if "Address already in use" in tail:
+                    raise PortTaken(f"port {self.port} is taken:\n{tail}")
                 raise RuntimeError(f"embedded Valkey exited with {self.process.returncode}:\n{tail}")
             try:
                 # Loading a large AOF answers LOADING errors until done.
                 if client.ping():
                     break
-            except (redis.ConnectionError, redis.BusyLoadingError, redis.ResponseError):
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                    redis.ResponseError):
                 pass
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"embedded Valkey did not start within {timeout}s")
             time.sleep(0.05)
         client.close()
+        self._chose_port = False  # clients know it now: a restart keeps it
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -88,6 +88,8 @@ class Service:
                  certfile: str | None = None, keyfile: str | None = None,
                  settings: Settings | None = None):
         self.host = host
+        #: A port chosen here may be taken before gunicorn binds it: then start picks another.
+        self._chose_port = not port
         self.port = port or free_port()
         self.data_dir = Path(data_dir or default_data_dir())
         self.settings = settings or Settings.from_env()
@@ -133,7 +135,7 @@ class Service:
         self.children[name] = proc
         return proc
 
-    def start(self, wait: float = 30.0) -> Service:
+    def start(self, wait: float = 60.0) -> Service:
         """Start everything; :class:`fedcompute.process.AlreadyRunning` if a service already
         runs on this data folder."""
         self.lock.acquire()
@@ -141,12 +143,11 @@ class Service:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if not self.redis_url:
-                self.embedded = EmbeddedRedis(self.data_dir / "redis",
+                self.embedded = EmbeddedRedis(self.data_dir / "redis", avoid_port=self.port,
                                               password=redis_password_file(self.data_dir)).start()
                 self.redis_url = self.embedded.url
-            self._spawn("api")
+            self._start_api(wait)
             self._spawn("worker")
-            self._wait_ready(wait)
         except BaseException:
             self.stop()
             raise
@@ -160,11 +161,28 @@ class Service:
             self._threads.append(thread)
         return self
 
+    def _start_api(self, wait: float) -> None:
+        log_file = self.data_dir / "logs" / "api.log"
+        for attempt in range(3):
+            log_start = log_file.stat().st_size if log_file.exists() else 0
+            self._spawn("api")
+            try:
+                self._wait_ready(wait)
+                return
+            except RuntimeError as exc:
+                with open(log_file, "rb") as f:
+                    f.seek(log_start)
+                    tail = f.read()[-3000:].decode(errors="replace")
+                if not (self._chose_port and attempt < 2 and "Address already in use" in tail):
+                    raise RuntimeError(f"{exc}; the end of its log:\n{tail}") from None
+                log.warning("port %d was taken before the API bound it; trying another", self.port)
+                self.port = free_port(avoid=self.embedded.port if self.embedded else 0)
+
     def _wait_ready(self, wait: float) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.children["api"].poll() is not None:
-                raise RuntimeError(f"the API server exited; see {self.data_dir / 'logs/api.log'}")
+                raise RuntimeError(f"the API server exited with {self.children['api'].returncode}")
             try:
                 if httpx.get(f"{self.url}/v1/version", timeout=2, verify=False).status_code == 200:
                     return
