@@ -103,7 +103,9 @@ class Executor(concurrent.futures.Executor):
     ``api_burst_window_s``, when given, allow at most that many submission requests per window
     (by default only the service's rate limit applies). ``amqp_port``, ``serializer`` and
     ``result_serializers`` belong to Globus Compute's transport and serializers: accepted and
-    ignored with a warning. ``capture_output`` and ``poll_wait`` are fedcompute's own, and
+    ignored with a warning. ``capture_output``, ``stream_output`` (each task's stdout, stderr
+    and logging lines reach its future while it runs: ``future.iter_output()``,
+    ``future.add_output_callback(fn)``) and ``poll_wait`` are fedcompute's own, and
     so are the checks at the first submission to each endpoint: ``check_versions`` (raise
     ``VersionMismatchError``, ``"warn"`` or ``False`` when the endpoint's Python, cloudpickle
     or fedcompute version could not run these functions) and ``offline_warning_after``
@@ -117,8 +119,8 @@ class Executor(concurrent.futures.Executor):
                  batch_size: int = 2000, amqp_port: int | None = None,
                  api_burst_limit: int | None = None, api_burst_window_s: int | None = None,
                  serializer: Any = None, result_serializers: Iterable | None = None, *,
-                 capture_output: bool = False, poll_wait: float = 20.0,
-                 check_versions: CheckVersions = True,
+                 capture_output: bool = False, stream_output: bool = False,
+                 poll_wait: float = 20.0, check_versions: CheckVersions = True,
                  offline_warning_after: float | None = 300.0):
         self.endpoint_id = endpoint_id
         self.client = client or Client()
@@ -126,7 +128,8 @@ class Executor(concurrent.futures.Executor):
         self._futures: dict[str, ComputeFuture] = {}
         self._results = ResultPoller(self.client, lambda: self.task_group_id, poll_wait,
                                      lambda: bool(self._futures), self._resolve,
-                                     self._refused, self._lock, self._state_event)
+                                     self._refused, self._lock, self._state_event,
+                                     self._output_event)
         self.task_group_id = task_group_id or uuid.uuid4()
         self.batch_size = max(1, batch_size)
         self.resource_specification = resource_specification
@@ -147,6 +150,7 @@ class Executor(concurrent.futures.Executor):
         self.api_burst_window_s = None if self.api_burst_limit is None \
             else min(32, max(1, 16 if api_burst_window_s is None else api_burst_window_s))
         self.capture_output = capture_output
+        self.stream_output = stream_output
         self._check_endpoint = EndpointCheck(self.client, check_versions, offline_warning_after)
         self._submitter = Submitter(
             self.client, lambda: self.task_group_id, self.batch_size, self._fail,
@@ -260,11 +264,13 @@ class Executor(concurrent.futures.Executor):
     def submit_with(self, fn: Callable, args: Iterable = (), kwargs: dict | None = None, *,
                     resource_specification: dict | None = None,
                     capture_output: bool | None = None,
+                    stream_output: bool | None = None,
                     endpoint_id: UUIDLike | None = None) -> ComputeFuture:
-        """``submit`` with per-task options (resources, output capture, another endpoint)."""
+        """``submit`` with per-task options (resources, output capture or streaming, another
+        endpoint)."""
         endpoint = self._target(endpoint_id)
         return self._enqueue(endpoint, self.register_function(fn), args, kwargs,
-                             resource_specification, capture_output)
+                             resource_specification, capture_output, stream_output)
 
     def _target(self, endpoint_id: UUIDLike | None) -> str:
         """The endpoint a submission goes to; refuses when there is none or after shutdown."""
@@ -278,8 +284,8 @@ class Executor(concurrent.futures.Executor):
         return endpoint
 
     def _enqueue(self, endpoint: str, function_id: str, args: Iterable, kwargs: dict | None,
-                 resource_specification: dict | None,
-                 capture_output: bool | None) -> ComputeFuture:
+                 resource_specification: dict | None, capture_output: bool | None,
+                 stream_output: bool | None = None) -> ComputeFuture:
         task = {
             "task_id": str(uuid.uuid4()),
             "function_id": function_id,
@@ -292,6 +298,8 @@ class Executor(concurrent.futures.Executor):
         options: dict[str, Any] = {}
         if capture_output if capture_output is not None else self.capture_output:
             options["capture_output"] = True
+        if stream_output if stream_output is not None else self.stream_output:
+            options["stream_output"] = True
         if self._user_endpoint_config:
             options["user_endpoint_config"] = copy.deepcopy(self._user_endpoint_config)
         if options:
@@ -382,6 +390,12 @@ class Executor(concurrent.futures.Executor):
             if future is not None and not future.done():
                 future._status = event["state"]
 
+    def _output_event(self, event: dict) -> None:
+        with self._lock:
+            future = self._futures.get(event["task_id"])
+        if future is not None and not future.done():
+            future._add_output(event["stream"], event["text"], event["at"])
+
     def _resolve(self, record: dict) -> None:
         with self._lock:
             future = self._futures.pop(record["task_id"], None)
@@ -392,6 +406,7 @@ class Executor(concurrent.futures.Executor):
         future.stdout = record.get("stdout")
         future.stderr = record.get("stderr")
         future._status = record.get("status", future._status)
+        future._end_output()
         try:
             ok, value = decode_outcome(record)
         except Exception as exc:  # noqa: BLE001 - e.g. result needs a module we lack

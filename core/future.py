@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+
+class OutputLine(NamedTuple):
+    """A line a running task wrote (``stream_output=True``)."""
+
+    stream: str  #: "stdout", "stderr" or "log" (a logging record)
+    text: str    #: the line, without its newline
+    at: float    #: when the service received it (epoch seconds)
 
 
 class ComputeFuture(concurrent.futures.Future):
@@ -17,6 +31,11 @@ class ComputeFuture(concurrent.futures.Future):
         self._executor = executor
         #: The task's last known state (see :meth:`status`).
         self._status = "pending"
+        self._lines: list[OutputLine] = []
+        self._partial: dict[str, str] = {}  # stream -> its unfinished last line
+        self._output_callbacks: list[Callable[[OutputLine], Any]] = []
+        self._output_lock = threading.Condition()
+        self.add_done_callback(ComputeFuture._wake_output)  # iter_output sees the end at once
 
     def status(self) -> str:
         """The task's state as last heard, at no cost (from the state events on the result
@@ -43,6 +62,75 @@ class ComputeFuture(concurrent.futures.Future):
         with self._condition:  # the result poller may cancel it at the same moment
             if super().cancel() and self._state == "CANCELLED":
                 self.set_running_or_notify_cancel()
+
+    # --- live output (stream_output=True) -------------------------------------------------
+
+    @property
+    def output(self) -> list[OutputLine]:
+        """The lines the task has written so far, in order (a copy)."""
+        with self._output_lock:
+            return list(self._lines)
+
+    def add_output_callback(self, fn: Callable[[OutputLine], Any]) -> None:
+        """Call ``fn(line)`` for each line the task writes, those written so far first (from
+        the Executor's result thread: keep it short; what it raises is logged)."""
+        with self._output_lock:
+            self._output_callbacks.append(fn)
+            lines = list(self._lines)
+        for line in lines:
+            self._call(fn, line)
+
+    def iter_output(self, timeout: float | None = None) -> Iterator[OutputLine]:
+        """The task's lines as they come, until it has ended and all are read;
+        ``TimeoutError`` if it has not ended within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        index = 0
+        while True:
+            with self._output_lock:
+                while index >= len(self._lines) and not self.done():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"task {self.task_id} did not end in {timeout}s")
+                    self._output_lock.wait(0.5 if left is None else min(left, 0.5))
+                lines, index = self._lines[index:], len(self._lines)
+            if not lines and self.done():
+                return
+            yield from lines
+
+    def _add_output(self, stream: str, text: str, at: float) -> None:
+        """Output the service relayed (the Executor's result thread)."""
+        with self._output_lock:
+            *complete, rest = (self._partial.pop(stream, "") + text).split("\n")
+            if rest:
+                self._partial[stream] = rest
+            new = [OutputLine(stream, line, at) for line in complete]
+            self._lines.extend(new)
+            callbacks = list(self._output_callbacks)
+            self._output_lock.notify_all()
+        for line in new:
+            for fn in callbacks:
+                self._call(fn, line)
+
+    def _end_output(self) -> None:
+        """The task ended: its unfinished last lines are lines too."""
+        with self._output_lock:
+            partial, self._partial = self._partial, {}
+            new = [OutputLine(stream, rest, time.time()) for stream, rest in partial.items()]
+            self._lines.extend(new)
+            callbacks = list(self._output_callbacks)
+        for line in new:
+            for fn in callbacks:
+                self._call(fn, line)
+
+    def _call(self, fn: Callable[[OutputLine], Any], line: OutputLine) -> None:
+        try:
+            fn(line)
+        except Exception:  # noqa: BLE001 - a callback's failure is the caller's, not the task's
+            log.exception("output callback of task %s failed", self.task_id)
+
+    def _wake_output(self) -> None:
+        with self._output_lock:
+            self._output_lock.notify_all()
 
     def __repr__(self) -> str:
         return f"<ComputeFuture task_id={self.task_id} state={self._state}>"

@@ -203,12 +203,28 @@ class StateEvent(Message):
     at: float
 
 
+OutputStream = Literal["stdout", "stderr", "log"]
+
+
+class OutputEvent(Message):
+    """Live output of a running task submitted with ``stream_output`` (in order: ``seq``)."""
+
+    task_id: str
+    seq: int
+    stream: OutputStream
+    text: str
+    at: float
+
+
 class ResultPage(Message):
     cursor: str = Field(description="pass back as ?cursor= to continue the stream")
     results: list[TaskRecord]
     events: list[StateEvent] = Field(
         default_factory=list, description="with ?events=1: tasks that were leased, wait for "
                                           "nodes or started since the cursor")
+    output: list[OutputEvent] = Field(
+        default_factory=list, description="with ?events=1: live output of running tasks "
+                                          "submitted with stream_output")
 
 
 class GroupTasks(Message):
@@ -295,6 +311,20 @@ class TaskStateUpdate(Message):
     task_ids: list[UUIDStr] = Field(max_length=100000)
     workers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="task id -> where it started: host, pid")
+
+
+class OutputBatch(Message):
+    """One batch of a running task's live output, as its worker sent it."""
+
+    task_id: UUIDStr
+    seq: JSONInt = Field(ge=1, description="1, 2, ... per task: the order of its batches")
+    items: list[tuple[OutputStream, Annotated[str, Field(max_length=256 * 1024)]]] = Field(
+        max_length=1000)
+
+
+class TaskOutput(Message):
+    session: str
+    batches: list[OutputBatch] = Field(max_length=1000)
 
 
 class Release(Message):

@@ -20,7 +20,8 @@ class ResultPoller:
     def __init__(self, client: Client, group: Callable[[], Any], poll_wait: float,
                  waiting: Callable[[], bool], resolve: Callable[[dict], None],
                  refused: Callable[[BaseException], None], lock: threading.Condition,
-                 event: Callable[[dict], None] | None = None):
+                 event: Callable[[dict], None] | None = None,
+                 output: Callable[[dict], None] | None = None):
         self.client = client
         self.group = group
         self.poll_wait = poll_wait
@@ -28,6 +29,7 @@ class ResultPoller:
         self.resolve = resolve
         self.refused = refused        # the service refuses the stream (401/403/404)
         self.event = event            # a state event: tasks leased, waiting for nodes, running
+        self.output = output          # live output of a running task (stream_output)
         self.lock = lock
         self.cursor = "0"
         self.closed = False
@@ -64,5 +66,8 @@ class ResultPoller:
             if self.event is not None:
                 for event in page.get("events") or ():
                     self.event(event)
+            if self.output is not None:  # ahead of the records: a task's last lines first
+                for event in page.get("output") or ():
+                    self.output(event)
             for record in page["results"]:
                 self.resolve(record)

@@ -50,6 +50,11 @@ class LeasedTask:
         return bool((self.options or {}).get("capture_output"))
 
     @property
+    def stream_output(self) -> bool:
+        """Its output goes to the submitter while it runs (it is captured too)."""
+        return bool((self.options or {}).get("stream_output"))
+
+    @property
     def packable(self) -> bool:
         """May share a Dask task with other short tasks (no resources, walltime or launch)."""
         return self.resources is None and self.walltime is None and not self.launch

@@ -67,17 +67,120 @@ def _raise_in(ident: int) -> None:
                                                ctypes.py_object(errors.WalltimeExceeded))
 
 
+#: Live output (``stream_output=True``): a running task's output goes out at most this often,
+#: at most ``OUTPUT_BATCH`` characters a batch and ``LIVE_LIMIT`` a task (what is cut is said).
+OUTPUT_EVERY = 0.25
+OUTPUT_BATCH = 64 * 1024
+OUTPUT_TOPIC = "fedcompute-output"
+#: Characters a task may stream: under the service's default ``max_output_bytes`` (1 MiB), so
+#: that the notice of the cut gets through too.
+LIVE_LIMIT = 1_000_000
+
+
+class LiveOutput:
+    """A running task's output, sent in batches while it runs: ``send({"task_id", "seq",
+    "items": [[stream, text], ...]})`` from a timer thread, and once more at the end."""
+
+    def __init__(self, task_id: str, send: Callable[[dict], None]):
+        self.task_id = task_id
+        self.send = send
+        self.seq = 0
+        self.sent = 0  # characters sent (or dropped) so far
+        self._pending: list[list[str]] = []
+        self._size = 0
+        self._truncated = False
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._timer = threading.Thread(target=self._every, daemon=True,
+                                       name="fedcompute-output")
+        self._timer.start()
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            room = LIVE_LIMIT - self.sent - self._size
+            if room <= 0:
+                self._truncated = True
+                return
+            if len(text) > room:
+                text, self._truncated = text[:room], True
+            if self._pending and self._pending[-1][0] == stream:
+                self._pending[-1][1] += text
+            else:
+                self._pending.append([stream, text])
+            self._size += len(text)
+
+    def _every(self) -> None:
+        while not self._closed.wait(OUTPUT_EVERY):
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Send one batch of what is pending; ``final``: all of it (in batches)."""
+        while True:
+            with self._lock:
+                items, left, size = [], [], 0
+                for stream, text in self._pending:
+                    take = text[:max(OUTPUT_BATCH - size, 0)]
+                    if take:
+                        items.append([stream, take])
+                        size += len(take)
+                    if len(take) < len(text):
+                        left.append([stream, text[len(take):]])
+                self._pending, self._size = left, self._size - size
+                self.sent += size
+                if final and not left and self._truncated:
+                    self._truncated = False
+                    items.append(["stderr", f"[fedcompute: live output cut after {LIVE_LIMIT} "
+                                            "characters]\n"])
+                if not items:
+                    return
+                self.seq += 1
+                batch = {"task_id": self.task_id, "seq": self.seq, "items": items}
+            try:
+                self.send(batch)
+            except Exception as exc:  # noqa: BLE001 - live output is best effort
+                logging.getLogger(__name__).debug("live output of %s not sent: %s",
+                                                  self.task_id, exc)
+            if not (final and left):
+                return
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._timer.join(1.0)
+        self.flush(final=True)
+
+
+class _Stream(io.StringIO):
+    """A task's stdout or stderr: kept, and also handed to its live output."""
+
+    def __init__(self, name: str, live: LiveOutput | None):
+        super().__init__()
+        self.name, self.live = name, live
+
+    def write(self, text: str) -> int:
+        if self.live is not None:
+            self.live.write(self.name, text)
+        return super().write(text)
+
+
 class _Capture(logging.Handler):
     """Collect a task's stdout, stderr and log records (workers run one task per thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: LiveOutput | None = None) -> None:
         super().__init__(logging.INFO)
-        self.out, self.err = io.StringIO(), io.StringIO()
+        self.live = live
+        self.out, self.err = _Stream("stdout", live), _Stream("stderr", live)
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         self._stack = contextlib.ExitStack()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.err.write(self.format(record) + "\n")
+        line = self.format(record) + "\n"
+        if self.live is not None:
+            self.live.write("log", line)
+        io.StringIO.write(self.err, line)
 
     def __enter__(self) -> _Capture:
         self._stack.enter_context(contextlib.redirect_stdout(self.out))
@@ -95,17 +198,22 @@ class _Capture(logging.Handler):
         root.removeHandler(self)
         root.setLevel(self._level)
         self._stack.close()
+        if self.live is not None:
+            self.live.close()
 
 
 def run_task(task: LeasedTask, body: bytes, max_result_size: int,
-             enforce_walltime: bool = True) -> TaskResult:
+             enforce_walltime: bool = True,
+             send_output: Callable[[dict], None] | None = None) -> TaskResult:
     """Run one task; never raises (a failure is a result too). ``enforce_walltime=False``
-    where the caller stops the task itself (a lane executor)."""
+    where the caller stops the task itself (a lane executor); ``send_output`` carries the
+    live output of a task submitted with ``stream_output`` (see :class:`LiveOutput`)."""
     # MPI keys or a container in the resource_specification: see launchers.py.
     if task.resource_specification and launchers.needs_launch(task.resource_specification):
         return launchers.run_launched(task, body, max_result_size, run_task)
     result = TaskResult(task.task_id, "failed", started=time.time())
-    cap = _Capture() if task.capture_output else None
+    live = LiveOutput(task.task_id, send_output) if send_output and task.stream_output else None
+    cap = _Capture(live) if task.capture_output or live else None
     try:
         fn = _function(task.function_id, body)
         args, kwargs = serialize.loads(task.payload)
@@ -123,6 +231,8 @@ def run_task(task: LeasedTask, body: bytes, max_result_size: int,
             exc = errors.WalltimeExceeded(f"task ran past its walltime of {task.walltime}s")
         exc.__traceback__ = exc.__traceback__ and (exc.__traceback__.tb_next or exc.__traceback__)
         result.exception = serialize.pack_exception(exc)
+    if live is not None:
+        live.close()  # (already, unless the task failed before it could start)
     if cap is not None:
         result.stdout = cap.out.getvalue()[-_MAX_OUTPUT:]
         result.stderr = cap.err.getvalue()[-_MAX_OUTPUT:]
@@ -154,10 +264,24 @@ def _started(task: LeasedTask) -> None:
 
 
 
+def _output_sender() -> Callable[[dict], None] | None:
+    """Dask path: live output goes to the agent as Dask events of this worker (found here, in
+    the task's thread: the batches go from a timer thread). The scheduler keeps only the last
+    ``distributed.admin.low-level-log-length`` events of a topic."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not in a Dask worker
+        return None
+    return lambda batch: worker.log_event(OUTPUT_TOPIC, batch)
+
+
 def run_chunk(tasks: list[LeasedTask], bodies: dict[str, bytes],
               max_result_size: int) -> list[TaskResult]:
     """Run a packed chunk of tasks in this worker; returns their results in order."""
     sys.setswitchinterval(0.005)
+    send_output = _output_sender() if any(t.stream_output for t in tasks) else None
     results = []
     for task in tasks:
         with _state_lock:
@@ -168,7 +292,8 @@ def run_chunk(tasks: list[LeasedTask], bodies: dict[str, bytes],
             _running[task.task_id] = threading.get_ident()
         _started(task)
         try:
-            result = run_task(task, bodies[task.function_id], max_result_size)
+            result = run_task(task, bodies[task.function_id], max_result_size,
+                              send_output=send_output)
         finally:
             with _state_lock:
                 _running.pop(task.task_id, None)

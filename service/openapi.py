@@ -63,7 +63,8 @@ def openapi_document() -> dict:
               p.EndpointRegistered, p.EndpointInfo, p.EndpointStatus, p.TaskBatch,
               p.BatchAccepted, p.TaskRecord, p.TaskIds, p.TaskRecords, p.ResultPage,
               p.GroupTasks, p.AgentHello, p.AgentConfig, p.LeaseRequest, p.Lease, p.ResultBatch,
-              p.ResultsStored, p.Heartbeat, p.TaskStateUpdate, p.Release, p.ErrorBody]
+              p.ResultsStored, p.Heartbeat, p.TaskStateUpdate, p.TaskOutput, p.Release,
+              p.ErrorBody]
     _, top = models_json_schema([(m, "validation") for m in models],
                                 ref_template=_REF)
     schemas = top.get("$defs", {})
@@ -139,6 +140,8 @@ def openapi_document() -> dict:
                                            ok=p.ResultsStored, auth="endpoint")},
         f"{V}/agent/tasks/state": {"post": _op("Report tasks waiting for nodes or running",
                                                body=p.TaskStateUpdate, ok=obj, auth="endpoint")},
+        f"{V}/agent/tasks/output": {"post": _op("Send live output of running tasks",
+                                                body=p.TaskOutput, ok=obj, auth="endpoint")},
         f"{V}/agent/release": {"post": _op("Hand back leased tasks", body=p.Release, ok=obj,
                                            auth="endpoint")},
     }

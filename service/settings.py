@@ -21,6 +21,7 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     max_payload_bytes: int = 10 * 1024 * 1024
     max_function_bytes: int = 10 * 1024 * 1024
+    max_output_bytes: int = 1024 * 1024     # live output a task may stream (stream_output)
     max_batch_tasks: int = 20_000
     fanout_threshold: int = 5_000
     task_ttl: int = 14 * 24 * 3600          # unfinished tasks are dropped after this

@@ -3,16 +3,17 @@ sends results back in batches. It only ever makes outbound connections.
 
 Parts, one job each:
 
-============== ==================================================== =====================
-part           job                                                  thread
-============== ==================================================== =====================
-ServiceAPI     HTTP calls of the agent routes, error mapping        (callers')
-LeasePoller    long-poll for tasks while there is room              main (``run``)
-Dispatcher     checks, packing, Dask submission, worker deaths      main + Dask callbacks
-ResultSender   batches results to the service, spool when it's down "sender"
-StatusReporter heartbeats, engine status, task states, scaling      "status", "heartbeat"
-Ledger         the tasks held, shared by all of the above           (a lock)
-============== ==================================================== =====================
+=============== ==================================================== =====================
+part            job                                                  thread
+=============== ==================================================== =====================
+ServiceAPI      HTTP calls of the agent routes, error mapping        (callers')
+LeasePoller     long-poll for tasks while there is room              main (``run``)
+Dispatcher      checks, packing, Dask submission, worker deaths      main + Dask callbacks
+ResultSender    batches results to the service, spool when it's down "sender"
+OutputForwarder live output of running tasks, to the service         "output"
+StatusReporter  heartbeats, engine status, task states, scaling      "status", "heartbeat"
+Ledger          the tasks held, shared by all of the above           (a lock)
+=============== ==================================================== =====================
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..records import LeasedTask, TaskResult
 from ..spool import Spool
 from .dispatcher import Dispatcher, FunctionCache
 from .ledger import Ledger
+from .output import OutputForwarder
 from .poller import LeasePoller
 from .sender import ResultSender
 from .service_api import ServiceAPI, ServiceUnavailable, SessionReplaced
@@ -69,6 +71,7 @@ class Agent:
                                      self.stopping, on_replaced=self.stop)
         self.sender = ResultSender(self.api, self.spool, self.ledger, config.result_batch,
                                    self.stopping)
+        self.output = OutputForwarder(self.api, self.stopping)
         self.dispatcher = dispatcher_class(self.engine, config, self.ledger, self.functions,
                                            self._finished, self.status.mark,
                                            lambda: self.status.workers, self.stopping)
@@ -77,10 +80,12 @@ class Agent:
                                   status=lambda: self.status.status(fresh=False),
                                   stop_tasks=getattr(self.dispatcher, "stop", None))
         self.status.polling_since = lambda: self.poller.polling_since
+        self.dispatcher.on_output = self.output.add
         self.bridge = None
         self._threads: list[threading.Thread] = []
 
     def _finished(self, results: list[TaskResult]) -> None:
+        self.output.flush_for(r.task_id for r in results)
         self.ledger.finished(r.task_id for r in results)
         self.sender.put(results)
 

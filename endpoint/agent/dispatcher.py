@@ -31,7 +31,7 @@ from ..engines.resources import FAST_LANE_KEY, dask_resources
 from ..lane.server import LanePlugin
 from ..launchers import needs_launch
 from ..records import LeasedTask, TaskResult
-from ..runner import STARTED_TOPIC, run_chunk, stop_tasks
+from ..runner import OUTPUT_TOPIC, STARTED_TOPIC, run_chunk, stop_tasks
 from .lanes import LanePool
 from .ledger import Ledger
 
@@ -92,6 +92,8 @@ class Dispatcher:
         self._durations: dict[str, float] = {}  # function id -> seconds per task (EWMA)
         #: Called with (task ids, host, pid) when tasks start on a worker.
         self.on_started: Callable[[list[str], str, int], None] = lambda ids, host, pid: None
+        #: Called with live output batches of running tasks (``stream_output``).
+        self.on_output: Callable[[list[dict]], None] = lambda batches: None
         self.lanes: LanePool | None = None
 
     def start_lanes(self) -> None:
@@ -102,13 +104,15 @@ class Dispatcher:
         self.engine.client.register_plugin(LanePlugin(secret, self.config.max_result_size))
         self.lanes = LanePool(self.engine.client, secret, self.functions.get, self.finish,
                               self._started, self._lost_in_lane)
+        self.lanes.output = lambda batches: self.on_output(batches)
         self.lanes.refresh()
 
     def _started(self, task_ids: list[str], host: str, pid: int) -> None:
         self.on_started(task_ids, host, pid)
 
     def follow_dask_starts(self) -> None:
-        """Dask-path tasks tell when they start through a Dask event topic."""
+        """Dask-path tasks tell when they start, and their live output, through Dask event
+        topics."""
         if self.engine.client is None:
             return
 
@@ -117,6 +121,11 @@ class Dispatcher:
             self.on_started([msg["task_id"]], msg.get("host", ""), int(msg.get("pid") or 0))
 
         self.engine.client.subscribe_topic(STARTED_TOPIC, started)
+        def output(event: Any) -> None:
+            _, msg = event  # (Dask adds the worker's address)
+            self.on_output([{k: msg.get(k) for k in ("task_id", "seq", "items")}])
+
+        self.engine.client.subscribe_topic(OUTPUT_TOPIC, output)
 
     def stop(self, task_ids: list[str]) -> None:
         """Stop these tasks (cancelled while held here): each ends with a ``cancelled``

@@ -95,6 +95,8 @@ class LanePool:
         self.finished = finished
         self.started = started
         self.lost = lost
+        #: Called with live output batches of running tasks (``stream_output``).
+        self.output: Callable[[list[dict]], None] = lambda batches: None
         self.lock = threading.Lock()
         self.lanes: dict[str, Lane] = {}     # worker address -> lane
         self.backlog: deque[LeasedTask] = deque()
@@ -172,6 +174,8 @@ class LanePool:
         if frame.get("started"):
             self.started([t for t, _ in frame["started"]], frame.get("host", ""),
                          int(frame.get("pid") or 0))
+        if frame.get("output"):  # before the results: a task's last lines come first
+            self.output(frame["output"])
         if frame.get("seceded"):
             with self.lock:
                 lane.seceded.update(t for t in frame["seceded"] if t in lane.held)

@@ -85,6 +85,10 @@ class ServiceAPI:
             body["workers"] = workers
         return self.post("/tasks/state", body)
 
+    def output(self, batches: list[dict]) -> dict:
+        """Live output batches of running tasks (``runner.LiveOutput``)."""
+        return self.post("/tasks/output", {"batches": batches})
+
     def release(self, task_ids: list[str], disconnect: bool = False) -> dict:
         return self.post("/release", {"task_ids": task_ids, "disconnect": disconnect})
 

@@ -49,6 +49,12 @@ def _leave_slot() -> bool:
     return True
 
 
+def _send_output(batch: dict) -> None:
+    """Live output of the running task, to the lane (which sends it on to the agent)."""
+    if _frames is not None:
+        _frames.send({"output": batch})
+
+
 def main() -> None:
     global _running, _walltime, _frames, _seceded
     # Our frames use private copies of the pipes; what the task prints goes to stderr.
@@ -77,7 +83,7 @@ def main() -> None:
         _running, _walltime = True, task.walltime
         try:
             result = run_task(task, bodies[task.function_id], max_result_size,
-                              enforce_walltime=False)
+                              enforce_walltime=False, send_output=_send_output)
         finally:
             _running = False
         frames.send(result.wire())

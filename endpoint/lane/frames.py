@@ -58,16 +58,19 @@ class SocketFrames:
 
 
 class PipeFrames:
-    """Frames over a pair of file descriptors (a child process's private pipes)."""
+    """Frames over a pair of file descriptors (a child process's private pipes); ``send``
+    may be called from several threads."""
 
     def __init__(self, read_fd: int, write_fd: int):
         self.read_fd = read_fd
         self.write_fd = write_fd
+        self._lock = threading.Lock()
 
     def send(self, obj: Any) -> None:
         data = memoryview(encode(obj))
-        while data:
-            data = data[os.write(self.write_fd, data):]
+        with self._lock:
+            while data:
+                data = data[os.write(self.write_fd, data):]
 
     def _read(self, n: int) -> bytes | None:
         parts, left = [], n

@@ -10,7 +10,8 @@ Frames from the agent: ``{"op": "hello", "secret"}``, ``{"op": "run", "tasks": [
 "bodies": {function_id: body}}``, ``{"op": "stop", "task_ids": [...], "why": "cancel"}``.
 ``{"op": "steal", "n"}`` (give back up to n tasks not started). To the agent: one
 ``{"op": "batch"}`` frame for whatever happened meanwhile: ``results``, ``started``,
-``seceded`` and, answering a steal, ``returned`` (ids of the tasks given back).
+``seceded``, ``output`` (live output batches, ahead of their tasks' results) and, answering a
+steal, ``returned`` (ids of the tasks given back).
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ class Executor:
             timer.start()
         try:
             reply = self.frames.recv()
-            while isinstance(reply, dict) and reply.get("secede"):
-                self.lane.secede(self, task)
+            while isinstance(reply, dict) and "task_id" not in reply:  # not the result yet
+                if reply.get("secede"):
+                    self.lane.secede(self, task)
+                elif "output" in reply:
+                    self.lane.output(reply["output"])
                 reply = self.frames.recv()
         finally:
             if timer is not None:
@@ -279,6 +283,11 @@ class LaneServer:
                           "pid": os.getpid(), "at": time.time()})
         self._flush()
 
+    def output(self, batch: dict) -> None:
+        """Live output of a running task: to the agent ahead of the task's result."""
+        self._outbox.put({"op": "output", "batch": batch})
+        self._flush()
+
     def done(self, result: TaskResult) -> None:
         self._outbox.put({"op": "result", "result": result.wire()})
         self._flush()
@@ -307,6 +316,9 @@ class LaneServer:
                                  if i["op"] == "started"],
                      "seceded": [i["task_id"] for i in items if i["op"] == "seceded"],
                      "host": self.host, "pid": os.getpid()}
+            output = [i["batch"] for i in items if i["op"] == "output"]
+            if output:
+                frame["output"] = output
             returned = [i["task_ids"] for i in items if i["op"] == "returned"]
             if returned:
                 frame["returned"] = [t for ids in returned for t in ids]

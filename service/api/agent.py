@@ -9,6 +9,7 @@ from fedcompute.protocol import (
     LeaseRequest,
     Release,
     ResultBatch,
+    TaskOutput,
     TaskStateUpdate,
 )
 from flask import Blueprint
@@ -90,6 +91,16 @@ def task_state():
     update = parse(TaskStateUpdate)
     return reply({"updated": fed().store.mark(endpoint_id, update.state, update.task_ids,
                                               update.workers)})
+
+
+@bp.post("/tasks/output")
+def task_output():
+    """The agent sends live output of running tasks submitted with ``stream_output``."""
+    endpoint_id = require_endpoint()
+    update = parse(TaskOutput)
+    return reply({"kept": fed().store.add_output(
+        endpoint_id, [b.model_dump() for b in update.batches],
+        fed().settings.max_output_bytes)})
 
 
 @bp.post("/release")

@@ -172,11 +172,13 @@ def results(group: str):
     if not (0 <= wait < float("inf") and 1 <= limit <= 10_000):  # as documented; nan fails
         raise BadRequest("wait must be a number of seconds >= 0 and limit between 1 and 10000")
     wait = min(wait, fed().settings.max_result_wait)  # longer waits are cut to the service's
-    cursor, records, state_events = fed().store.read_results(group, cursor, wait, limit,
-                                                             with_events=True)
-    if records or state_events:
+    cursor, records, state_events, output = fed().store.read_results(group, cursor, wait, limit,
+                                                                     with_events=True)
+    if records or state_events or output:
         _owned_group(group, user)  # created meanwhile: by this user only
     body = {"cursor": cursor, "results": [_public(r) for r in records]}
     if events == "1":
         body["events"] = state_events
+        if output:
+            body["output"] = output
     return reply(body)

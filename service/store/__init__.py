@@ -133,6 +133,7 @@ class Store:
     group_task_ids = _Part("tasks")
     group_task_ids_page = _Part("tasks")
     read_results = _Part("tasks")
+    add_output = _Part("tasks")
 
     connect_agent = _Part("leases")
     heartbeat = _Part("leases")

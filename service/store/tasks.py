@@ -196,28 +196,39 @@ class Tasks:
                      with_events: bool = False) -> tuple:
         """Long-poll a task group's result stream after ``cursor``: its next finished tasks'
         records (one script reads the stream and the records) and, ``with_events``, its state
-        events (``{"state", "task_ids", "at"}``: tasks leased, waiting for nodes, running).
-        Returns ``(cursor, records)`` or ``(cursor, records, events)``."""
+        events (``{"state", "task_ids", "at"}``: tasks leased, waiting for nodes, running) and
+        live output (``{"task_id", "seq", "stream", "text", "at"}``).
+        Returns ``(cursor, records)`` or ``(cursor, records, events, output)``."""
         stream = keys.group_results(group)
         fields = [*TASK_FIELDS, *(f"t_{s}" for s in TIMESTAMP_STATES)]
 
         def read() -> tuple | None:
-            last, rows, events = self.scripts.read_results(keys=[stream],
-                                                           args=[cursor, limit, *fields])
-            if rows or (events and with_events):
-                return last, rows, events
-            if events:  # only events, and nobody wants them: read past them
-                return last, rows, events
-            return None
+            # (Only events, and nobody wants them: this reads past them.)
+            reply = self.scripts.read_results(keys=[stream], args=[cursor, limit, *fields])
+            return reply if reply[1] or reply[2] or reply[3] else None
 
         reply = self.wakeups.poll(read, keys.wake_results(group), wait)
         if not reply:
-            return (cursor, [], []) if with_events else (cursor, [])
-        last, rows, raw_events = reply
+            return (cursor, [], [], []) if with_events else (cursor, [])
+        last, rows, raw_events, raw_output = reply
         records = [r for r in (task_record(row[0].decode(), row[1:]) for row in rows)
                    if r is not None]
         if not with_events:
             return last.decode(), records
         events = [{"state": s.decode(), "task_ids": ids.decode().split(",") if ids else [],
                    "at": float(at)} for s, ids, at in raw_events]
-        return last.decode(), records, events
+        output = [{"task_id": t.decode(), "seq": int(seq), "stream": s.decode(),
+                   "text": x.decode(errors="replace"), "at": float(at)}
+                  for t, seq, s, x, at in raw_output]
+        return last.decode(), records, events, output
+
+    def add_output(self, endpoint_id: str, batches: list[dict], limit: int) -> int:
+        """Live output batches of running tasks held by this endpoint, onto their groups'
+        result streams (at most ``limit`` bytes a task). Returns how many were kept."""
+        if not batches:
+            return 0
+        args: list[Any] = [time.time(), endpoint_id, limit]
+        for batch in batches:
+            args += [batch["seq"], json.dumps(batch["items"])]
+        return int(self.scripts.output(keys=[keys.task(b["task_id"]) for b in batches],
+                                       args=args))

@@ -1,16 +1,17 @@
 -- READ_RESULTS: the next entries of a task group's result stream: finished tasks with their
--- records, and state events (tasks leased, waiting for nodes, running), in one step.
+-- records, state events (tasks leased, waiting for nodes, running) and live output, in one step.
 -- KEYS[1] the group's result stream
 -- ARGV[1] cursor (the last entry id read), ARGV[2] most entries, then the task hash fields
 -- to return.
--- Returns {last entry id, {{task id, field values...}, ...}, {{state, ids, at}, ...}}.
+-- Returns {last entry id, {{task id, field values...}, ...}, {{state, ids, at}, ...},
+-- {{task id, seq, stream, text, at}, ...}}.
 local stream, cursor, count = KEYS[1], ARGV[1], ARGV[2]
 local FIELDS = 3
 local read = redis.call('XREAD', 'COUNT', count, 'STREAMS', stream, cursor)
-if not read then return {cursor, {}, {}} end
+if not read then return {cursor, {}, {}, {}} end
 local fields = {}
 for a = FIELDS, #ARGV do table.insert(fields, ARGV[a]) end
-local out, events, last = {}, {}, cursor
+local out, events, output, last = {}, {}, {}, cursor
 for _, item in ipairs(read[1][2]) do
   last = item[1]
   local entry = {}
@@ -21,6 +22,9 @@ for _, item in ipairs(read[1][2]) do
     table.insert(out, values)
   elseif entry.e then
     table.insert(events, {entry.e, entry.ids or '', entry.at or '0'})
+  elseif entry.o then
+    table.insert(output, {entry.o, entry.seq or '0', entry.s or 'stdout', entry.x or '',
+      entry.at or '0'})
   end
 end
-return {last, out, events}
+return {last, out, events, output}
