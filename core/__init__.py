@@ -16,6 +16,7 @@ from .errors import (
 )
 from .executor import ComputeFuture, Executor
 from .mpi import MPIFunction
+from .output import OutputLine
 from .protocol import TaskState
 from .shell import ShellFunction, ShellResult
 
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "Client", "ComputeFuture", "Executor", "FedComputeError", "MPIFunction",
-    "RemoteTraceback",
+    "OutputLine", "RemoteTraceback",
     "ServiceError", "ShellFunction", "ShellResult", "TaskCancelled", "TaskExecutionFailed",
     "TaskPending", "TaskState", "VersionMismatchError", "__version__",
 ]

@@ -7,17 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
+
+from .output import OutputLine, OutputLines
 
 log = logging.getLogger(__name__)
-
-
-class OutputLine(NamedTuple):
-    """A line a running task wrote (``stream_output=True``)."""
-
-    stream: str  #: "stdout", "stderr" or "log" (a logging record)
-    text: str    #: the line, without its newline
-    at: float    #: when the service received it (epoch seconds)
 
 
 class ComputeFuture(concurrent.futures.Future):
@@ -32,7 +26,7 @@ class ComputeFuture(concurrent.futures.Future):
         #: The task's last known state (see :meth:`status`).
         self._status = "pending"
         self._lines: list[OutputLine] = []
-        self._partial: dict[str, str] = {}  # stream -> its unfinished last line
+        self._splitter = OutputLines()
         self._output_callbacks: list[Callable[[OutputLine], Any]] = []
         self._output_lock = threading.Condition()
         self.add_done_callback(ComputeFuture._wake_output)  # iter_output sees the end at once
@@ -100,10 +94,7 @@ class ComputeFuture(concurrent.futures.Future):
     def _add_output(self, stream: str, text: str, at: float) -> None:
         """Output the service relayed (the Executor's result thread)."""
         with self._output_lock:
-            *complete, rest = (self._partial.pop(stream, "") + text).split("\n")
-            if rest:
-                self._partial[stream] = rest
-            new = [OutputLine(stream, line, at) for line in complete]
+            new = self._splitter.feed(stream, text, at)
             self._lines.extend(new)
             callbacks = list(self._output_callbacks)
             self._output_lock.notify_all()
@@ -114,8 +105,7 @@ class ComputeFuture(concurrent.futures.Future):
     def _end_output(self) -> None:
         """The task ended: its unfinished last lines are lines too."""
         with self._output_lock:
-            partial, self._partial = self._partial, {}
-            new = [OutputLine(stream, rest, time.time()) for stream, rest in partial.items()]
+            new = self._splitter.end()
             self._lines.extend(new)
             callbacks = list(self._output_callbacks)
         for line in new:

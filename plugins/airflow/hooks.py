@@ -147,7 +147,7 @@ class FederatedComputeHook(BaseHook):
 
     def submit(self, fn: Callable, args: Iterable = (), kwargs: dict | None = None, *,
                endpoint_id: str | None = None, capture_output: bool = True,
-               resource_specification: dict | None = None,
+               stream_output: bool = False, resource_specification: dict | None = None,
                task_group_id: str | None = None) -> tuple[str, str]:
         """Run ``fn(*args, **kwargs)`` on an endpoint; returns ``(task_id, task_group_id)``.
 
@@ -167,34 +167,45 @@ class FederatedComputeHook(BaseHook):
         }
         if resource_specification:
             task["resource_specification"] = dict(resource_specification)
-        if capture_output:
-            task["options"] = {"capture_output": True}
+        options = {name: True for name, on in (("capture_output", capture_output),
+                                               ("stream_output", stream_output)) if on}
+        if options:
+            task["options"] = options
         group = task_group_id or str(uuid.uuid4())
         # Task ids are ours, so a retried request cannot run the task twice.
         client.submit_tasks(endpoint, [task], group)
         return task["task_id"], group
 
     def poll(self, task_id: str, task_group_id: str, cursor: str = "0",
-             wait: float = 5.0) -> tuple[bool, str]:
-        """One long-poll of the task's group: ``(finished, next_cursor)``.
+             wait: float = 5.0, on_output: Callable[[dict], Any] | None = None
+             ) -> tuple[bool, str]:
+        """One long-poll of the task's group: ``(finished, next_cursor)``; ``on_output`` gets
+        the task's live output events (``stream_output``: ``{"stream", "text", "at"}``).
 
         Returns as soon as the task finishes, or after ``wait`` seconds. Transient service
         errors count as "not finished yet" so that a restarting service does not fail the task.
         """
         try:
-            page = self.get_conn().results_page(task_group_id, cursor, wait=max(wait, 0.0))
+            page = self.get_conn().results_page(task_group_id, cursor, wait=max(wait, 0.0),
+                                                events=on_output is not None)
         except errors.ServiceError as exc:
             if exc.status in (401, 403, 404):
                 raise
             self.log.warning("waiting for task %s: %s (will retry)", task_id, exc)
             time.sleep(min(wait, 2.0))
             return False, cursor
+        if on_output is not None:
+            for event in page.get("output") or ():
+                if event.get("task_id") == task_id:
+                    on_output(event)
         done = any(r.get("task_id") == task_id for r in page["results"])
         return done, page["cursor"]
 
     def wait(self, task_id: str, task_group_id: str, timeout: float | None,
-             poll_interval: float = 5.0, should_stop: Callable[[], bool] | None = None) -> bool:
-        """Block until the task finishes (True) or ``timeout`` seconds pass (False)."""
+             poll_interval: float = 5.0, should_stop: Callable[[], bool] | None = None,
+             on_output: Callable[[dict], Any] | None = None) -> bool:
+        """Block until the task finishes (True) or ``timeout`` seconds pass (False);
+        ``on_output`` as in :meth:`poll`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         cursor = "0"
         while True:
@@ -204,7 +215,7 @@ class FederatedComputeHook(BaseHook):
             if remaining <= 0:
                 return False
             done, cursor = self.poll(task_id, task_group_id, cursor,
-                                     wait=min(poll_interval, remaining))
+                                     wait=min(poll_interval, remaining), on_output=on_output)
             if done:
                 return True
 

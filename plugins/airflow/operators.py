@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from fedcompute import ShellFunction, ShellResult, TaskCancelled
+from fedcompute.output import OutputLines
 
 from .hooks import FederatedComputeHook
 from .triggers import RemoteTaskTrigger
@@ -61,7 +62,7 @@ class _RemoteOperator(BaseOperator):
                                                     fallback=False),
                  poll_interval: float = 5.0, timeout: timedelta | float | None = None,
                  resource_specification: dict | None = None, capture_output: bool = True,
-                 **kwargs: Any) -> None:
+                 stream_output: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
@@ -72,6 +73,7 @@ class _RemoteOperator(BaseOperator):
         self.timeout = timeout
         self.resource_specification = resource_specification
         self.capture_output = capture_output
+        self.stream_output = stream_output
         self._remote_task_id: str | None = None
         self._killed = False
         self._canceller: threading.Thread | None = None
@@ -117,7 +119,7 @@ class _RemoteOperator(BaseOperator):
         self._canceller = None
         task_id, group = self.hook.submit(
             fn, args, kwargs, endpoint_id=self.endpoint_id, capture_output=self.capture_output,
-            resource_specification=self._spec(timeout, explicit))
+            stream_output=self.stream_output, resource_specification=self._spec(timeout, explicit))
         self._remote_task_id = task_id
         self.log.info("Submitted remote task %s (endpoint %s); waiting up to %.0fs%s", task_id,
                       self.endpoint_id or self.hook.endpoint_id, timeout,
@@ -126,11 +128,20 @@ class _RemoteOperator(BaseOperator):
         if self.deferrable:
             self.defer(
                 trigger=RemoteTaskTrigger(task_id, group, deadline, self.fedcompute_conn_id,
-                                          self.poll_interval),
+                                          self.poll_interval, self.stream_output),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=timeout + _DEFER_GRACE))
+        lines = OutputLines()
+
+        def show(event: dict) -> None:  # the remote task's lines, as they come
+            for line in lines.feed(event["stream"], event["text"], event["at"]):
+                self.log.info("[remote %s] %s", line.stream, line.text)
+
         finished = self.hook.wait(task_id, group, timeout, self.poll_interval,
-                                  should_stop=lambda: self._killed)
+                                  should_stop=lambda: self._killed,
+                                  on_output=show if self.stream_output else None)
+        for line in lines.end():
+            self.log.info("[remote %s] %s", line.stream, line.text)
         if self._killed:
             if self._canceller is not None:
                 self._canceller.join(30)
@@ -156,7 +167,7 @@ class _RemoteOperator(BaseOperator):
         info = self.hook.get_task(task_id)
         self._remote_task_id = None  # finished: nothing left for on_kill to cancel
         for stream in ("stdout", "stderr"):
-            if info.get(stream):
+            if info.get(stream) and not self.stream_output:  # else shown as it came
                 self.log.info("Remote %s of task %s:\n%s", stream, task_id,
                               info[stream].rstrip("\n"))
         if "exception" in info:
@@ -232,6 +243,9 @@ class RemoteFunctionOperator(_RemoteOperator):
         24 hours); when set, it is also the remote task's walltime
     :param resource_specification: per-task resources for the endpoint (templated)
     :param capture_output: capture the remote stdout/stderr into the task log
+    :param stream_output: write the remote stdout, stderr and logging lines to the task log
+        while the remote task runs (in the worker; in deferrable mode the triggerer logs them,
+        and Airflow 3 shows those lines in the task's log)
     """
 
     template_fields: Sequence[str] = ("op_args", "op_kwargs", *_RemoteOperator.template_fields)

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from fedcompute.output import OutputLines
 
 from .hooks import FederatedComputeHook, ServiceSettings, settings_from_connection
 
@@ -19,13 +20,16 @@ class RemoteTaskTrigger(BaseTrigger):
     ``deadline`` is a Unix time, so the trigger stays bounded wherever and whenever it is
     resumed. Events: ``{"status": "done" | "timeout" | "error", "task_id": ..., "message": ...}``;
     the operator fetches the outcome itself (results need not be JSON). The task is checked
-    at once, then at intervals doubling up to ``poll_interval`` seconds.
+    at once, then at intervals doubling up to ``poll_interval`` seconds. With
+    ``stream_output`` the task's live output goes to the trigger's log as it comes (Airflow 3
+    shows the triggerer's log lines of a deferred task in that task's log).
     """
 
     def __init__(self, task_id: str, task_group_id: str, deadline: float,
                  fedcompute_conn_id: str = FederatedComputeHook.default_conn_name,
-                 poll_interval: float = 5.0) -> None:
+                 poll_interval: float = 5.0, stream_output: bool = False) -> None:
         super().__init__()
+        self.stream_output = bool(stream_output)
         self.task_id = task_id
         self.task_group_id = task_group_id
         self.deadline = float(deadline)
@@ -39,6 +43,7 @@ class RemoteTaskTrigger(BaseTrigger):
             "deadline": self.deadline,
             "fedcompute_conn_id": self.fedcompute_conn_id,
             "poll_interval": self.poll_interval,
+            "stream_output": self.stream_output,
         })
 
     async def _hook(self) -> FederatedComputeHook:
@@ -63,6 +68,13 @@ class RemoteTaskTrigger(BaseTrigger):
             # Short non-blocking checks, backing off to poll_interval: a blocking long-poll
             # would hold one of the triggerer's few executor threads per deferred task.
             delay = min(0.2, self.poll_interval)
+            lines = OutputLines()
+
+            def show(event: dict) -> None:
+                for line in lines.feed(event["stream"], event["text"], event["at"]):
+                    self.log.info("[remote %s] %s", line.stream, line.text)
+
+            on_output = show if self.stream_output else None
             while True:
                 remaining = self.deadline - time.time()
                 if remaining <= 0:
@@ -70,8 +82,10 @@ class RemoteTaskTrigger(BaseTrigger):
                                                  "before the deadline")
                     return
                 done, cursor = await asyncio.to_thread(
-                    hook.poll, self.task_id, self.task_group_id, cursor, 0.0)
+                    hook.poll, self.task_id, self.task_group_id, cursor, 0.0, on_output)
                 if done:
+                    for line in lines.end():
+                        self.log.info("[remote %s] %s", line.stream, line.text)
                     yield self._event("done")
                     return
                 await asyncio.sleep(min(delay, max(self.deadline - time.time(), 0.0)))

@@ -5,6 +5,7 @@ container (``bash .ci/podman/setup.sh``)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import uuid
@@ -42,7 +43,8 @@ def run_one(engine, fn, *args, spec=None, timeout: float = 180):
 
 
 def ranks(stdout: str) -> list[int]:
-    return sorted(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("rank"))
+    # (Forwarded lines of several ranks may share a line of the launcher's output.)
+    return sorted(int(r) for r in re.findall(r"rank (\d+) of \d+", stdout))
 
 
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no Open MPI (openmpi-bin) here")

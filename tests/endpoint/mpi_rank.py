@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import socket
 import sys
+import time
 
 name = ctypes.util.find_library("mpi") or "libmpi.so.40"
 lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
@@ -21,7 +22,10 @@ rank, size = ctypes.c_int(), ctypes.c_int()
 lib.MPI_Comm_rank(world, ctypes.byref(rank))
 lib.MPI_Comm_size(world, ctypes.byref(size))
 print(f"rank {rank.value} of {size.value} on {socket.gethostname()}", flush=True)
-# Every rank's line is out before any rank finalizes: Open MPI's output forwarding can drop
-# the last line of a rank that finalizes while a loaded machine is still forwarding it.
+# Every rank's line is out before any rank finalizes, and mpiexec gets a moment to forward
+# them: Open MPI's output forwarding can drop the last line of a rank that finalizes while a
+# loaded machine is still forwarding it (CI lost two of four lines even after the barrier).
+lib.MPI_Barrier(world)
+time.sleep(1.0)
 lib.MPI_Barrier(world)
 lib.MPI_Finalize()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def test_mpi_function_runs_under_the_prefix_of_its_task():
 
 
 def ranks_in(stdout: str) -> list[int]:
-    return sorted(int(line.split()[1]) for line in stdout.splitlines() if line.startswith("rank"))
+    # (Forwarded lines of several ranks may share a line of mpiexec's output.)
+    return sorted(int(r) for r in re.findall(r"rank (\d+) of \d+", stdout))
 
 
 @needs_mpiexec

@@ -223,3 +223,40 @@ def test_functions_from_dag_files_travel_by_value(airflow_env):
     assert results[0] == sample(1, 1000)  # same seed, same darts, computed remotely
     assert results[1] == estimate([785, 786], 1000)
     hook.close()
+
+
+def ticks_then_tock(pause):
+    import time
+
+    for i in range(3):
+        print(f"tick {i}", flush=True)
+    time.sleep(pause)
+    print("tock")
+    return "ok"
+
+
+def _logged_at(log: str, text: str) -> list[float]:
+    """When the task log lines holding ``text`` were written (their timestamps), in order."""
+    stamps = re.findall(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)[^\n]*" + re.escape(text), log)
+    return sorted(dt.datetime.fromisoformat(s).timestamp() for s in stamps)
+
+
+def test_live_output_reaches_the_task_log_while_the_remote_task_runs(run_dag, capfd):
+    with DAG("fc_live", schedule=None, start_date=START) as dag:
+        RemoteFunctionOperator(task_id="sync", python_callable=ticks_then_tock, op_args=[4],
+                               deferrable=False, poll_interval=1)
+        RemoteFunctionOperator(task_id="deferred", python_callable=ticks_then_tock,
+                               op_args=[4], deferrable=True, poll_interval=1)
+        RemoteFunctionOperator(task_id="quiet", python_callable=ticks_then_tock, op_args=[0],
+                               stream_output=False)
+    dr = run_dag(dag)
+    log = capfd.readouterr().out
+    assert dr.state == "success"
+    # The streamed tasks (in the worker, and in the triggerer): each tick was in the task
+    # log seconds before the remote task printed its last line.
+    ticks = _logged_at(log, "[remote stdout] tick 2")
+    tocks = _logged_at(log, "[remote stdout] tock")
+    assert len(ticks) == len(tocks) == 2, log[-3000:]
+    assert all(tock - tick >= 3 for tick, tock in zip(ticks, tocks, strict=True))
+    # Without stream_output the captured output is logged once, at the end.
+    assert "tick 0\ntick 1\ntick 2\ntock" in log
