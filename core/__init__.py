@@ -6,11 +6,14 @@ cluster behind a firewall) through one self-hosted service.
 
 from .client import Batch, Client
 from .errors import (
+    DeadlineExceeded,
+    EndpointDeleted,
     FedComputeError,
     RemoteTraceback,
     ServiceError,
     TaskCancelled,
     TaskExecutionFailed,
+    TaskExpired,
     TaskPending,
     VersionMismatchError,
 )
@@ -23,8 +26,10 @@ from .shell import ShellFunction, ShellResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "Client", "ComputeFuture", "Executor", "FedComputeError", "MPIFunction",
+    "Batch", "Client", "ComputeFuture", "DeadlineExceeded", "EndpointDeleted", "Executor",
+    "FedComputeError", "MPIFunction",
     "OutputLine", "RemoteTraceback",
     "ServiceError", "ShellFunction", "ShellResult", "TaskCancelled", "TaskExecutionFailed",
+    "TaskExpired",
     "TaskPending", "TaskState", "VersionMismatchError", "__version__",
 ]

@@ -88,6 +88,19 @@ class EndpointDeleted(FedComputeError):
     """The task's endpoint was deleted before the task ended."""
 
 
+class TaskExpired(FedComputeError):
+    """The task had not ended when its record was about to expire (the service's task_ttl)."""
+
+
+class DeadlineExceeded(FedComputeError):
+    """The task had not started by its ``deadline``."""
+
+
+class JobSubmissionFailed(FedComputeError):
+    """The endpoint's batch system kept refusing the jobs that would run the task (a bad
+    account, partition or limit): the message has the batch system's own words."""
+
+
 class WorkerLost(FedComputeError):
     """The worker process running the task died (segfault, ``os._exit``, OOM kill)."""
 
@@ -126,5 +139,6 @@ class IgnoredOptionWarning(UserWarning):
 BUILTIN_ERRORS = {
     cls.__name__: cls
     for cls in (TaskCancelled, EndpointLost, EndpointDeleted, WorkerLost, WalltimeExceeded,
-                ResultTooLarge, FunctionNotAllowed, SerializationError)
+                ResultTooLarge, FunctionNotAllowed, SerializationError, TaskExpired,
+                DeadlineExceeded, JobSubmissionFailed)
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import copy
+import datetime
 import itertools
 import logging
 import os
@@ -42,6 +43,22 @@ log = logging.getLogger(__name__)
 
 #: Executors whose background threads run: flushed at interpreter exit (see _flush_at_exit).
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+#: When a task must start by: seconds from its submission, or a point in time.
+Deadline = float | datetime.datetime | None
+
+
+def _unix_time(deadline: Deadline) -> float | None:
+    if deadline is None:
+        return None
+    if isinstance(deadline, datetime.datetime):
+        if deadline.tzinfo is None:
+            raise ValueError("deadline: give an aware datetime (with a timezone)")
+        return deadline.timestamp()
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline < 0:
+        raise ValueError(f"deadline must be seconds from now (>= 0) or a datetime, not "
+                         f"{deadline!r}")
+    return time.time() + float(deadline)
 
 
 def exit_flush_timeout() -> float:
@@ -105,7 +122,9 @@ class Executor(concurrent.futures.Executor):
     ``result_serializers`` belong to Globus Compute's transport and serializers: accepted and
     ignored with a warning. ``capture_output``, ``stream_output`` (each task's stdout, stderr
     and logging lines reach its future while it runs: ``future.iter_output()``,
-    ``future.add_output_callback(fn)``) and ``poll_wait`` are fedcompute's own, and
+    ``future.add_output_callback(fn)``), ``deadline`` (tasks not started this many seconds
+    after submission, or by this aware ``datetime``, fail with ``DeadlineExceeded``) and
+    ``poll_wait`` are fedcompute's own, and
     so are the checks at the first submission to each endpoint: ``check_versions`` (raise
     ``VersionMismatchError``, ``"warn"`` or ``False`` when the endpoint's Python, cloudpickle
     or fedcompute version could not run these functions) and ``offline_warning_after``
@@ -120,6 +139,7 @@ class Executor(concurrent.futures.Executor):
                  api_burst_limit: int | None = None, api_burst_window_s: int | None = None,
                  serializer: Any = None, result_serializers: Iterable | None = None, *,
                  capture_output: bool = False, stream_output: bool = False,
+                 deadline: Deadline = None,
                  poll_wait: float = 20.0, check_versions: CheckVersions = True,
                  offline_warning_after: float | None = 300.0):
         self.endpoint_id = endpoint_id
@@ -151,6 +171,9 @@ class Executor(concurrent.futures.Executor):
             else min(32, max(1, 16 if api_burst_window_s is None else api_burst_window_s))
         self.capture_output = capture_output
         self.stream_output = stream_output
+        #: Tasks not started this many seconds after their submission (or by this
+        #: ``datetime``) fail with ``DeadlineExceeded``.
+        self.deadline = deadline
         self._check_endpoint = EndpointCheck(self.client, check_versions, offline_warning_after)
         self._submitter = Submitter(
             self.client, lambda: self.task_group_id, self.batch_size, self._fail,
@@ -264,13 +287,13 @@ class Executor(concurrent.futures.Executor):
     def submit_with(self, fn: Callable, args: Iterable = (), kwargs: dict | None = None, *,
                     resource_specification: dict | None = None,
                     capture_output: bool | None = None,
-                    stream_output: bool | None = None,
+                    stream_output: bool | None = None, deadline: Deadline = None,
                     endpoint_id: UUIDLike | None = None) -> ComputeFuture:
-        """``submit`` with per-task options (resources, output capture or streaming, another
-        endpoint)."""
+        """``submit`` with per-task options (resources, output capture or streaming, a
+        deadline to start by, another endpoint)."""
         endpoint = self._target(endpoint_id)
         return self._enqueue(endpoint, self.register_function(fn), args, kwargs,
-                             resource_specification, capture_output, stream_output)
+                             resource_specification, capture_output, stream_output, deadline)
 
     def _target(self, endpoint_id: UUIDLike | None) -> str:
         """The endpoint a submission goes to; refuses when there is none or after shutdown."""
@@ -285,7 +308,8 @@ class Executor(concurrent.futures.Executor):
 
     def _enqueue(self, endpoint: str, function_id: str, args: Iterable, kwargs: dict | None,
                  resource_specification: dict | None, capture_output: bool | None,
-                 stream_output: bool | None = None) -> ComputeFuture:
+                 stream_output: bool | None = None,
+                 deadline: Deadline = None) -> ComputeFuture:
         task = {
             "task_id": str(uuid.uuid4()),
             "function_id": function_id,
@@ -300,6 +324,9 @@ class Executor(concurrent.futures.Executor):
             options["capture_output"] = True
         if stream_output if stream_output is not None else self.stream_output:
             options["stream_output"] = True
+        start_by = _unix_time(deadline if deadline is not None else self.deadline)
+        if start_by is not None:
+            options["deadline"] = start_by
         if self._user_endpoint_config:
             options["user_endpoint_config"] = copy.deepcopy(self._user_endpoint_config)
         if options:

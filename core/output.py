@@ -1,10 +1,30 @@
-"""Live output of running tasks (``stream_output=True``) as lines: what the service relays
-comes in chunks, cut wherever the worker's batch ended."""
+"""Live output of running tasks (``stream_output=True``).
+
+Client side: what the service relays comes in chunks, cut wherever the worker's batch ended;
+:class:`OutputLines` makes lines of them. Worker side: :func:`live_writer` is how a layer that
+captures a task's output itself (the Prefect runner's remote body) also streams it.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import NamedTuple
+
+_current = threading.local()
+
+
+def set_live_writer(write: Callable[[str, str], None] | None) -> None:
+    """The task running in this thread streams through ``write(stream, text)`` (the endpoint's
+    runner sets it around a task submitted with ``stream_output``)."""
+    _current.write = write
+
+
+def live_writer() -> Callable[[str, str], None] | None:
+    """``write(stream, text)`` of the task running in this thread, if it streams its output
+    (``stream``: "stdout", "stderr" or "log")."""
+    return getattr(_current, "write", None)
 
 
 class OutputLine(NamedTuple):

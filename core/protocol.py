@@ -8,11 +8,19 @@ only speak JSON. The schemas double as the source of the service's OpenAPI docum
 from __future__ import annotations
 
 import enum
+import math
 from typing import Annotated, Any, Literal
 
 import msgpack
 from pydantic import UUID4 as _UUID4  # noqa: F401 - re-exported for users of the schemas
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 API_VERSION = "v1"
 MSGPACK = "application/msgpack"
@@ -151,7 +159,19 @@ class TaskSpec(Message):
     payload: bytes = Field(description="serialized (args, kwargs), opaque to the service")
     resource_specification: dict[str, Any] | None = None
     options: dict[str, Any] | None = Field(
-        default=None, description="execution options, e.g. {'capture_output': true}")
+        default=None, description="execution options, e.g. {'capture_output': true, "
+                                  "'stream_output': true, 'deadline': <unix time it must "
+                                  "start by>}")
+
+    @field_validator("options")
+    @classmethod
+    def _deadline_is_a_time(cls, options: dict[str, Any] | None) -> dict[str, Any] | None:
+        deadline = (options or {}).get("deadline")
+        if deadline is not None and (isinstance(deadline, bool)
+                                     or not isinstance(deadline, int | float)
+                                     or not math.isfinite(deadline)):
+            raise ValueError("options.deadline must be a unix time (a number of seconds)")
+        return options
 
 
 class TaskBatch(Message):

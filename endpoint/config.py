@@ -79,6 +79,10 @@ class EndpointConfig(BaseModel):
         None, description="identity-provider groups whose members may use it (None: leave "
                           "as set through the API)")
     drain_timeout: float = Field(10.0, ge=0, description="on stop, wait this long for tasks")
+    fail_after_job_refusals: float = Field(
+        300.0, ge=0, description="batch engines: when the batch system has refused every job "
+                                 "for this long and no worker is up, the tasks waiting for one "
+                                 "fail with JobSubmissionFailed (its error); 0: never")
     lease_wait: float = Field(20.0, ge=0, le=30)
     result_batch: int = Field(2000, ge=1)
     verify_tls: bool | str = True

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from fedcompute import errors, serialize
+from fedcompute.output import set_live_writer
 
 from . import launchers  # issue 15: MPI launches and per-task containers
 from .records import LeasedTask, TaskResult
@@ -183,6 +184,8 @@ class _Capture(logging.Handler):
         io.StringIO.write(self.err, line)
 
     def __enter__(self) -> _Capture:
+        if self.live is not None:
+            set_live_writer(self.live.write)
         self._stack.enter_context(contextlib.redirect_stdout(self.out))
         self._stack.enter_context(contextlib.redirect_stderr(self.err))
         root = logging.getLogger()
@@ -199,6 +202,7 @@ class _Capture(logging.Handler):
         root.setLevel(self._level)
         self._stack.close()
         if self.live is not None:
+            set_live_writer(None)
             self.live.close()
 
 
@@ -208,6 +212,10 @@ def run_task(task: LeasedTask, body: bytes, max_result_size: int,
     """Run one task; never raises (a failure is a result too). ``enforce_walltime=False``
     where the caller stops the task itself (a lane executor); ``send_output`` carries the
     live output of a task submitted with ``stream_output`` (see :class:`LiveOutput`)."""
+    deadline = (task.options or {}).get("deadline")
+    if deadline is not None and time.time() > deadline:  # the service may not know yet
+        return TaskResult.failure(task.task_id, errors.DeadlineExceeded(
+            "task did not start by its deadline"))
     # MPI keys or a container in the resource_specification: see launchers.py.
     if task.resource_specification and launchers.needs_launch(task.resource_specification):
         return launchers.run_launched(task, body, max_result_size, run_task)

@@ -31,6 +31,9 @@ def maintenance(redis_url: str) -> dict:
     report = _store(redis_url).maintenance()
     if report["reclaimed"] or report["failed"]:
         log.warning("reclaimed %(reclaimed)d leases, failed %(failed)d tasks", report)
+    if report.get("deadline") or report.get("expired"):
+        log.warning("failed %(deadline)d tasks not started by their deadline and %(expired)d "
+                    "about to expire unfinished", report)
     return report
 
 

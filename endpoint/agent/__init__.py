@@ -80,6 +80,8 @@ class Agent:
                                   status=lambda: self.status.status(fresh=False),
                                   stop_tasks=getattr(self.dispatcher, "stop", None))
         self.status.polling_since = lambda: self.poller.polling_since
+        self.status.fail_after_job_refusals = config.fail_after_job_refusals
+        self.status.on_jobs_refused = self._jobs_refused
         self.dispatcher.on_output = self.output.add
         self.bridge = None
         self._threads: list[threading.Thread] = []
@@ -88,6 +90,13 @@ class Agent:
         self.output.flush_for(r.task_id for r in results)
         self.ledger.finished(r.task_id for r in results)
         self.sender.put(results)
+
+    def _jobs_refused(self, why: str) -> None:
+        fail = getattr(self.dispatcher, "fail_waiting", None)
+        if fail is not None:
+            count = fail(errors.JobSubmissionFailed(why))
+            if count:
+                log.error("failed %d tasks waiting for workers: %s", count, why)
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -300,6 +300,22 @@ class Dispatcher:
         if self.lanes is not None:
             self.lanes.close()
 
+    def fail_waiting(self, exc: BaseException) -> int:
+        """Fail the Dask-path tasks held here that no worker has started (none can: the batch
+        system keeps refusing jobs); returns how many."""
+        with self._lock:
+            chunks: dict[str, list[str]] = {}
+            for task_id, key in self._chunk_of.items():
+                chunks.setdefault(key, []).append(task_id)
+            futures = [(key, self._futures[key]) for key in chunks if key in self._futures]
+        failed: list[str] = []
+        for key, future in futures:
+            if future.status == "pending" and future.cancel() is not False:
+                failed += chunks[key]
+        if failed:
+            self.finish([TaskResult.failure(t, exc) for t in failed])
+        return len(failed)
+
     def cancel_all(self) -> None:
         """Cancel every Dask task still running (shutting down)."""
         with self._lock:

@@ -31,6 +31,7 @@ class OutputForwarder:
         self._pending: list[dict] = []
         self._lock = threading.Lock()
         self._post_lock = threading.Lock()  # one request at a time keeps batches in order
+        self._posting: set[str] = set()  # tasks of the request in flight
         self._thread: threading.Thread | None = None
 
     def add(self, batches: list[dict]) -> None:
@@ -44,12 +45,13 @@ class OutputForwarder:
     def flush_for(self, task_ids: Iterable[str]) -> None:
         """Post now the pending output of any of these tasks (before their results go)."""
         with self._lock:
-            if not self._pending:
+            if not self._pending and not self._posting:
                 return
             ids = set(task_ids)
-            if not any(b.get("task_id") in ids for b in self._pending):
+            if ids.isdisjoint(self._posting) and not any(
+                    b.get("task_id") in ids for b in self._pending):
                 return
-        self._post()
+        self._post()  # (waits for the request in flight first)
 
     def _run(self) -> None:
         while not self.stopping.wait(OUTPUT_EVERY):
@@ -60,14 +62,20 @@ class OutputForwarder:
         with self._post_lock:
             with self._lock:
                 pending, self._pending = self._pending, []
-            for start in range(0, len(pending), PER_REQUEST):
-                try:
-                    self.api.output(pending[start:start + PER_REQUEST])
-                except errors.ServiceError as exc:  # refused: a bug here or there, say so
-                    log.warning("live output of %d batches refused: %s",
-                                len(pending) - start, exc)
-                    return
-                except (ServiceUnavailable, SessionReplaced) as exc:
-                    log.debug("live output of %d batches dropped: %s",
-                              len(pending) - start, exc)
-                    return
+                self._posting = {b.get("task_id") for b in pending}
+            try:
+                self._send(pending)
+            finally:
+                with self._lock:
+                    self._posting = set()
+
+    def _send(self, pending: list[dict]) -> None:
+        for start in range(0, len(pending), PER_REQUEST):
+            try:
+                self.api.output(pending[start:start + PER_REQUEST])
+            except errors.ServiceError as exc:  # refused: a bug here or there, say so
+                log.warning("live output of %d batches refused: %s", len(pending) - start, exc)
+                return
+            except (ServiceUnavailable, SessionReplaced) as exc:
+                log.debug("live output of %d batches dropped: %s", len(pending) - start, exc)
+                return

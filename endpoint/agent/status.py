@@ -45,6 +45,10 @@ class StatusReporter:
         self.heartbeat_timeout = 30.0
         #: Called with the worker count when it changes (and now and then): lanes follow it.
         self.on_workers: Callable[[int], Any] | None = None
+        #: Called with the batch system's error when its refusals should fail the waiting
+        #: tasks (``fail_after_job_refusals``); the agent fails them.
+        self.on_jobs_refused: Callable[[str], Any] | None = None
+        self.fail_after_job_refusals = 0.0
         #: When the lease long-poll in flight began (monotonic), or None (see LeasePoller).
         self.polling_since: Callable[[], float | None] = lambda: None
         self.workers = 0
@@ -115,9 +119,24 @@ class StatusReporter:
                     self._engine_status = self.engine.status()
                 if self.workers:  # they run when a worker starts them (see running())
                     self.ledger.take_waiting_for_nodes()
+                else:
+                    self._check_refusals()
                 self.engine.scale_for(self.ledger.outstanding())
             except Exception as exc:  # noqa: BLE001 - keep following whatever happens
                 log.warning("status update failed: %s", exc)
+
+    def _check_refusals(self) -> None:
+        """No worker, and the batch system has refused every job for long enough: the tasks
+        waiting for one would wait forever."""
+        streak = self.engine.job_refusal()
+        if (streak is None or not self.fail_after_job_refusals or self.on_jobs_refused is None
+                or not self.ledger.outstanding()):
+            return
+        seconds, count, error = streak
+        if seconds >= self.fail_after_job_refusals:
+            self.on_jobs_refused(f"the batch system refused {count} jobs in {seconds:.0f}s "
+                                 f"(fail_after_job_refusals: {self.fail_after_job_refusals:g}s); "
+                                 f"its last error: {error}")
 
     def beat(self) -> None:
         """The heartbeat thread. A lease long-poll is a sign of life too (it carries the

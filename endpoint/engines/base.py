@@ -109,6 +109,11 @@ class Engine(abc.ABC):
     def status(self) -> dict[str, Any]:
         return {"engine": self.name, "workers": self.worker_count()}
 
+    def job_refusal(self) -> tuple[float, int, str] | None:
+        """Batch engines: job submissions refused in a row, as ``(seconds since the first,
+        how many, the batch system's error)``; None while they are accepted (or no jobs)."""
+        return None
+
     def scale_for(self, outstanding_tasks: int) -> None:  # noqa: B027 - optional hook
         """Hint: tasks leased and not finished (engines with batch jobs scale on it)."""
 

@@ -61,6 +61,7 @@ from .. import _compat
 from ..containers import container_spec, worker_python
 from ..launchers import LAUNCHER_ENV, check_launcher
 from .base import DASK_CONFIG, Engine
+from .refusals import JobRefusals, recording
 from .resources import dask_resources, parse_duration, worker_resources_arg
 
 log = logging.getLogger(__name__)
@@ -371,7 +372,9 @@ class JobQueueEngine(Engine):
     def make_cluster(self):
         Path(self.cluster_kwargs.get("log_directory") or self.workdir).mkdir(
             parents=True, exist_ok=True)
-        cluster = self.cluster_class()(**self.cluster_kwargs)
+        self.refusals = JobRefusals()
+        job_cls = recording(self.cluster_class().job_cls, self.refusals)
+        cluster = self.cluster_class()(job_cls=job_cls, **self.cluster_kwargs)
         # A batch job's worker may be killed (scancel, preemption, walltime): its tasks are
         # retried on other workers this many times before they fail as KilledWorker.
         cluster.scheduler.allowed_failures = self.allowed_failures
@@ -473,6 +476,9 @@ class JobQueueEngine(Engine):
         ended = []
         for name in list(cluster.worker_spec):
             job = jobs.get(name)
+            if getattr(cluster.workers.get(name), "refused", False):
+                ended.append(name)  # the batch system refused it: Adaptive asks again
+                continue
             if job is None:
                 # Not (or no longer) submitted: SpecCluster dropped a lost worker's job.
                 if name in self._seen and name not in connected:
@@ -556,7 +562,21 @@ class JobQueueEngine(Engine):
             "min_jobs": self.min_jobs,
             "max_jobs": self.max_jobs,
             "outstanding": self.outstanding,
+            **self._refusal_status(),
         }
+
+    def _refusal_status(self) -> dict[str, Any]:
+        streak = self.job_refusal()
+        if streak is None:
+            return {}
+        seconds, count, error = streak
+        return {"jobs_refused": count, "jobs_refused_for": round(seconds, 1),
+                "job_error": error}
+
+    def job_refusal(self) -> tuple[float, int, str] | None:
+        """Job submissions failing in a row: ``(seconds, count, the scheduler's error)``."""
+        refusals = getattr(self, "refusals", None)
+        return refusals.streak() if refusals is not None else None
 
 
 class _JobAdaptive(Adaptive):

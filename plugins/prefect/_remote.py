@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcompute import serialize, worker_slot
+from fedcompute.output import live_writer
 
 #: One captured event: (kind, unix time, level, logger name, message); kind is "out", "err",
 #: "log" (a ``logging`` record) or "run" (a record of Prefect's ``get_run_logger()``).
@@ -91,6 +92,9 @@ class _StreamRouter(io.TextIOBase):
         if cap is None:
             return self._original.write(text)
         cap.write(self._kind, text)
+        live = live_writer()  # the runner's stream_output: the flow side logs it as it comes
+        if live is not None:
+            live("stdout" if self._kind == "out" else "stderr", text)
         return len(text)
 
     def flush(self) -> None:

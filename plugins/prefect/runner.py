@@ -37,7 +37,7 @@ from contextvars import Context, copy_context
 from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
-from fedcompute import Client, ComputeFuture, Executor, serialize
+from fedcompute import Client, ComputeFuture, Executor, OutputLine, serialize
 from fedcompute.errors import SerializationError, TaskCancelled, TaskExecutionFailed
 from prefect.client.schemas.objects import RunInput
 from prefect.context import (
@@ -164,6 +164,8 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             its workers, no Dask task each: less overhead per task). Off by default, as in
             prefect-dask every task is a Dask task (``distributed.get_worker()`` and
             ``worker_client()`` work inside it).
+        stream_output: show each task body's output (print, stderr, logging) in the task
+            run's logs while it runs, rather than all of it when it ends (default mode).
         nested_submission: give each remote body this runner's service URL and token, so that
             tasks it submits itself go through the service to the same endpoint. The token
             then reaches the endpoint (as task arguments, never in a pickled runner): turn it
@@ -179,7 +181,8 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __init__(self, endpoint_id: str, client: Client | None = None, *,
                  remote_engine: bool = False, resource_specification: dict | None = None,
                  remote_log_level: int | str = logging.INFO, batch_size: int = 2000,
-                 nested_submission: bool = True, fast_lane: bool = False):
+                 nested_submission: bool = True, fast_lane: bool = False,
+                 stream_output: bool = False):
         super().__init__()
         if not endpoint_id:
             raise ValueError("FederatedTaskRunner needs an endpoint_id")
@@ -190,6 +193,7 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self.batch_size = batch_size
         self.nested_submission = bool(nested_submission)
         self.fast_lane = bool(fast_lane)
+        self.stream_output = bool(stream_output)
         self._client = client
         self._service_url = client.service_url if client is not None else None
         self._reset()
@@ -219,7 +223,8 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return {"endpoint_id": self.endpoint_id, "remote_engine": self.remote_engine,
                 "resource_specification": self.resource_specification,
                 "remote_log_level": self.remote_log_level, "batch_size": self.batch_size,
-                "nested_submission": self.nested_submission, "fast_lane": self.fast_lane}
+                "nested_submission": self.nested_submission, "fast_lane": self.fast_lane,
+                "stream_output": self.stream_output}
 
     def _task_specification(self) -> dict | None:
         """The ``resource_specification`` every task carries (the fast-lane choice in it)."""
@@ -570,16 +575,19 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         }
         body = await self._task_body(task.fn)
         future = self._executor.submit_with(body, (meta, args, kwargs, self.remote_log_level,
-                                                   self._auth()))
+                                                   self._auth()),
+                                            stream_output=self.stream_output or None)
+        if self.stream_output:
+            future.add_output_callback(partial(_log_live, engine, self.remote_log_level))
         failure: RemoteTaskError | None = None
         try:
             value, events = await self._await_compute(future)
         except RemoteTaskError as exc:
             failure = exc
         if failure is None:
-            _replay(engine, events)
+            _replay(engine, events, streamed=self.stream_output)
             return value
-        _replay(engine, failure.events)
+        _replay(engine, failure.events, streamed=self.stream_output)
         exc = serialize.unpack_exception(failure.envelope)
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             # Would read as this coroutine being cancelled or closed: a plain failure instead.
@@ -664,13 +672,29 @@ def _settle(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-def _replay(engine: AsyncTaskRunEngine, events: list[Event]) -> None:
-    """Log the remote body's output as records of the task run, with remote timestamps."""
+def _log_live(engine: AsyncTaskRunEngine, lowest: int, line: OutputLine) -> None:
+    """One line of a running body's live output (``stream_output``), as a record of the task
+    run: stdout at INFO, stderr at WARNING, a logging record at its own level."""
+    level = logging.INFO if line.stream == "stdout" else logging.WARNING
+    if line.stream == "log":
+        name, _, _rest = line.text.partition(" ")
+        found = logging.getLevelName(name)
+        level = found if isinstance(found, int) else logging.INFO
+        if level < lowest:
+            return
+    engine.logger.log(level, "%s", line.text)
+
+
+def _replay(engine: AsyncTaskRunEngine, events: list[Event], streamed: bool = False) -> None:
+    """Log the remote body's output as records of the task run, with remote timestamps
+    (``streamed``: it was logged live already, only the notice of what was dropped is left)."""
     adapter = engine.logger
     base: logging.Logger = getattr(adapter, "logger", adapter)
     extra = dict(getattr(adapter, "extra", None) or {})
     for kind, created, level, name, message in events:
         if not base.isEnabledFor(level):
+            continue
+        if streamed and not message.startswith("[fedcompute]"):
             continue
         record = base.makeRecord(name if kind == "log" else base.name, level, "(remote)", 0,
                                  message, None, None, extra=extra)

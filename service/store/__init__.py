@@ -72,9 +72,10 @@ class Store:
         self.endpoints = Endpoints(self.redis, self.tokens, settings.heartbeat_timeout,
                                    self.cache)
         self.tasks = Tasks(self.redis, self.wakeups, scripts, settings.task_ttl,
-                           settings.result_ttl)
+                           settings.result_ttl, settings.maintenance_interval)
         self.leases = Leases(self.redis, self.wakeups, scripts, settings)
-        self.upkeep = Maintenance(self.endpoints, self.leases, settings.heartbeat_timeout)
+        self.upkeep = Maintenance(self.endpoints, self.leases, self.tasks,
+                                  settings.heartbeat_timeout)
         self.console = Console(self.redis)
 
     def ping(self) -> bool:

@@ -43,9 +43,15 @@ def parse_sentinel_url(url: str) -> dict[str, Any]:
             "sentinel_password": (query.get("sentinel_password") or [None])[0]}
 
 
-def connect(url: str, **options: Any) -> redis.Redis:
-    """A client of the service's Redis at ``url`` (see the module docstring)."""
+def connect(url: str, *, pool_timeout: float = 20.0, **options: Any) -> redis.Redis:
+    """A client of the service's Redis at ``url`` (see the module docstring). With
+    ``max_connections``, a request finding them all in use waits up to ``pool_timeout``
+    seconds for one, rather than failing ("Too many connections": seen when 1,000 agents
+    connected at once)."""
     if not is_sentinel(url):
+        if "max_connections" in options:
+            pool = redis.BlockingConnectionPool.from_url(url, timeout=pool_timeout, **options)
+            return redis.Redis(connection_pool=pool)
         return redis.Redis.from_url(url, **options)
     spec = parse_sentinel_url(url)
     sentinel_options = {k: v for k, v in options.items()

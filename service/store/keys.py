@@ -62,6 +62,12 @@ def endpoints() -> str:
     return f"{PREFIX}endpoints"
 
 
+def endings() -> str:
+    """sorted set: task id -> when it must have ended (its record's expiry less a margin) or
+    started (its ``deadline``), for tasks not ended; maintenance fails the overdue ones."""
+    return f"{PREFIX}tasks:endings"
+
+
 def endpoint_beats() -> str:
     """sorted set: endpoint id -> its agent's last sign of life, for endpoints with a session;
     maintenance reads only the silent end of it."""
@@ -187,6 +193,7 @@ TEMPLATES = {
     "wake_queue": wake_queue("{id}"),
     "cancels": cancels("{id}"),
     "wake_results": wake_results("{id}"),
+    "endings": endings(),
 }
 
 

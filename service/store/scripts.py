@@ -17,7 +17,8 @@ from . import keys
 
 _LUA = Path(__file__).with_name("lua")
 NAMES = ("submit", "lease", "touch", "expire_session", "delconsumer", "results", "requeue",
-         "cancel", "mark", "forget_silent", "read_results", "fail", "output")
+         "cancel", "mark", "forget_silent", "read_results", "fail", "output",
+         "overdue")
 
 
 @cache

@@ -51,13 +51,21 @@ def task_record(task_id: str, values: list) -> dict | None:
     return record
 
 
+def expire_after(task_ttl: float, maintenance_interval: float) -> float:
+    """Seconds after submission when an unfinished task fails with ``TaskExpired``: before
+    Redis drops its record (``task_ttl``), by a tenth of it (at most an hour, and at least three
+    maintenance rounds), so that its submitter learns how it ended."""
+    return max(task_ttl - max(min(3600.0, task_ttl / 10), 3 * maintenance_interval), 0.0)
+
+
 class Tasks:
     def __init__(self, client: redis.Redis, wakeups: Wakeups, scripts: Scripts,
-                 task_ttl: int, result_ttl: int):
+                 task_ttl: int, result_ttl: int, maintenance_interval: float = 5.0):
         self.redis = client
         self.wakeups = wakeups
         self.scripts = scripts
         self.task_ttl = task_ttl
+        self.expire_after = expire_after(task_ttl, maintenance_interval)
         self.result_ttl = result_ttl
 
     def submit(self, owner: str, endpoint_id: str, group: str, tasks: list[TaskSpec]) -> int:
@@ -65,10 +73,13 @@ class Tasks:
         how many were already known (a resent batch); PermissionError if another user owns
         the group or a task id."""
         task_keys = [keys.task(t.task_id) for t in tasks]
-        argv: list[Any] = [owner, endpoint_id, group, time.time(), self.task_ttl]
+        argv: list[Any] = [owner, endpoint_id, group, time.time(), self.task_ttl,
+                           self.expire_after]
         for t in tasks:
+            deadline = (t.options or {}).get("deadline")
             argv += [t.task_id, t.function_id, t.payload,
-                     _packed_or_empty(t.resource_specification), _packed_or_empty(t.options)]
+                     _packed_or_empty(t.resource_specification), _packed_or_empty(t.options),
+                     "" if deadline is None else float(deadline)]
         dup, error = self.scripts.durably(
             "submit", keys=[keys.queue(endpoint_id), keys.group(group), keys.group_tasks(group),
                   keys.user_groups(owner), *task_keys], args=argv)
@@ -115,6 +126,28 @@ class Tasks:
                                   args=[tid, now, self.result_ttl, envelope], client=pipe)
             failed += sum(1 for s in pipe.execute() if s == b"failed")
             start = "(" + page[-1][0].decode()  # after it (it is deleted by now)
+
+    def end_overdue(self, limit: int = 1000) -> dict[str, int]:
+        """Fail the tasks overdue on the endings index: not started by their deadline
+        (``DeadlineExceeded``), or not ended when their record is about to expire
+        (``TaskExpired``). Returns how many of each."""
+        now = time.time()
+        due = [t.decode() for t in self.redis.zrangebyscore(keys.endings(), "-inf", now,
+                                                            start=0, num=limit)]
+        if not due:
+            return {"deadline": 0, "expired": 0}
+        late = packb(serialize.error_envelope(
+            errors.DeadlineExceeded, "task did not start by its deadline"))
+        expired = packb(serialize.error_envelope(
+            errors.TaskExpired, f"task had not ended {self.expire_after:.0f}s after it was "
+                                "submitted; its record would expire soon (the service's "
+                                "task_ttl)"))
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in due:
+            self.scripts.overdue(keys=[keys.task(tid)], args=[
+                tid, now, self.result_ttl, self.expire_after, late, expired], client=pipe)
+        outcomes = [o.decode() for o in pipe.execute()]
+        return {"deadline": outcomes.count("deadline"), "expired": outcomes.count("expired")}
 
     def cancel_many(self, task_ids: list[str], envelope: Callable[[str], bytes]
                     ) -> dict[str, str]:

@@ -118,3 +118,28 @@ def test_scancelled_job_task_is_retried_and_completes(hpc):
         subprocess.run(["scancel", killed], check=True, timeout=30)
         value, job = future.result(timeout=240)
     assert value == 7 and job and job != killed
+
+
+def test_tasks_fail_with_the_schedulers_error_when_every_job_is_refused(hpc):
+    """A partition Slurm does not have: sbatch refuses every job. The waiting tasks fail with
+    JobSubmissionFailed and sbatch's own words after fail_after_job_refusals, and the endpoint
+    shows the refusals meanwhile."""
+    from fedcompute import errors
+
+    endpoint_id = hpc.start_endpoint(
+        "refused", engine={**ENGINE, "queue": "no-such-partition"}, drain_timeout=5,
+        fail_after_job_refusals=5)
+    client = hpc.client()
+    try:
+        with Executor(endpoint_id, client=client) as ex:
+            futures = [ex.submit(where, i) for i in range(3)]
+            wait_for(lambda: client.get_endpoint_status(endpoint_id)["details"].get(
+                "jobs_refused"), 60, "the endpoint to report refused jobs", interval=1)
+            started = time.monotonic()
+            for future in futures:
+                with pytest.raises(errors.JobSubmissionFailed,
+                                   match="(?i)invalid partition.*no-such-partition"):
+                    future.result(timeout=120)
+            assert time.monotonic() - started < 60
+    finally:
+        hpc.stop_endpoint("refused")

@@ -74,6 +74,7 @@ end
 -- the submitter through the group's result stream.
 local function finish(task_key, task_id, ttl, now)
   redis.call('HDEL', task_key, 'cancel')
+  redis.call('ZREM', KEY_TEMPLATES.endings, task_id)
   local group = redis.call('HGET', task_key, 'group')
   redis.call('HSET', task_key, 'completed', '1', 't_completed', now)
   redis.call('HDEL', task_key, 'payload', 'session')

@@ -3,13 +3,15 @@
 -- KEYS[3]    the task group's task list    KEYS[4]   the owner's task groups (sorted set)
 -- KEYS[4+i]  the i-th task's hash
 -- ARGV[1] owner, ARGV[2] endpoint id, ARGV[3] group id, ARGV[4] now, ARGV[5] task ttl,
--- then 5 per task: task id, function id, payload, resources (msgpack or ''), options (same).
+-- ARGV[6] when an unfinished task fails as expired (seconds after submission, under the ttl),
+-- then 6 per task: task id, function id, payload, resources (msgpack or ''), options (same),
+-- deadline (unix time it must start by, or '').
 -- Returns {duplicates, ''}; {-1, why} when the group or a task id belongs to another user.
 local queue, group_key, members, owner_groups = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local TASKS = 4  -- KEYS before the first task's
-local owner, endpoint_id, group_id, now, ttl =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local FIRST, STRIDE = 6, 5
+local owner, endpoint_id, group_id, now, ttl, expire_after =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local FIRST, STRIDE = 7, 6
 
 local group_owner = redis.call('HGET', group_key, 'owner')
 if group_owner and group_owner ~= owner then return {-1, 'task group belongs to another user'} end
@@ -23,8 +25,8 @@ end
 local duplicates = 0
 for i = 1, #KEYS - TASKS do
   local task_key, a = KEYS[TASKS + i], FIRST + (i - 1) * STRIDE
-  local task_id, function_id, payload, resources, options =
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local task_id, function_id, payload, resources, options, deadline =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if redis.call('EXISTS', task_key) == 1 then
     duplicates = duplicates + 1  -- a resent batch: the first copy stands
   else
@@ -35,6 +37,12 @@ for i = 1, #KEYS - TASKS do
       't_received', now)
     set_state(task_key, 'waiting-for-endpoint', now)
     redis.call('EXPIRE', task_key, ttl)
+    local ending = tonumber(now) + expire_after
+    if deadline ~= '' then
+      redis.call('HSET', task_key, 'deadline', deadline)
+      ending = math.min(ending, tonumber(deadline))
+    end
+    redis.call('ZADD', KEY_TEMPLATES.endings, ending, task_id)
     redis.call('RPUSH', members, task_id)
   end
 end

@@ -507,3 +507,54 @@ def test_runner_without_a_flow(fed_stack, prefect_server):
         assert second.state.is_completed()
     with pytest.raises(RuntimeError, match="not started"):
         runner.submit(add, {"a": 1, "b": 2})
+
+
+@task
+def waits_to_be_seen(folder):
+    """Print and log, then wait until the test has read both in the task run's logs."""
+    import logging
+    import os
+    import time
+
+    from prefect.runtime import task_run
+
+    with open(os.path.join(folder, "task_run_id"), "w") as f:
+        f.write(str(task_run.id))
+    print("live tick", flush=True)
+    logging.getLogger("lab.live").warning("live record")
+    deadline = time.monotonic() + 90
+    while not os.path.exists(os.path.join(folder, "seen")):
+        if time.monotonic() > deadline:
+            return "never seen while running"
+        time.sleep(0.1)
+    return "seen while running"
+
+
+def test_stream_output_shows_lines_in_the_task_run_logs_as_they_come(fed_stack, prefect_server,
+                                                                     tmp_path):
+    runner = FederatedTaskRunner(fed_stack.endpoint_id, client=fed_stack.client(),
+                                 stream_output=True)
+
+    def watch() -> None:
+        wait_until(lambda: (tmp_path / "task_run_id").exists(), 120)
+        run_id = uuid.UUID((tmp_path / "task_run_id").read_text())
+        task_run_logs(run_id, ["live tick", "live record"], timeout=80)
+        (tmp_path / "seen").touch()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+
+    @flow(task_runner=runner)
+    def live():
+        return waits_to_be_seen.submit(str(tmp_path)).result()
+
+    state, _ = run_flow(live)
+    watcher.join(5)
+    assert state.result() == "seen while running"
+    run_id = uuid.UUID((tmp_path / "task_run_id").read_text())
+    logs = task_run_logs(run_id, ["live tick", "live record"])
+    assert sum("live tick" in log.message for log in logs) == 1, "shown once, not replayed"
+    levels = {log.message: log.level for log in logs}
+    assert levels["live tick"] == logging.INFO
+    assert any(m.endswith("lab.live: live record") and level == logging.WARNING
+               for m, level in levels.items())
