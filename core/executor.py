@@ -462,16 +462,21 @@ class Executor(concurrent.futures.Executor):
 
     def cancel_task_group(self) -> dict[str, int]:
         """Cancel every unfinished task of this executor's task group, running ones included
-        (also those another process submitted to it); counts by state afterwards."""
+        (also those another process submitted to it); counts by state afterwards, those
+        withdrawn here before they were sent among the ``cancelled``."""
         with self._lock:
             mine = list(self._futures.values())
+        withdrawn = 0
         for future in mine:
             if self._submitter.withdraw(future):
                 with self._lock:
                     self._futures.pop(future.task_id, None)
                 future.cancel_local()
+                withdrawn += 1
         self.flush(30)
         states = self.client.cancel_task_group(self.task_group_id)
+        if withdrawn:
+            states["cancelled"] = states.get("cancelled", 0) + withdrawn
         return states
 
     def reload_tasks(self, task_group_id: UUIDLike | None = None) -> list[ComputeFuture]:
