@@ -497,12 +497,14 @@ class Executor(concurrent.futures.Executor):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting tasks; optionally cancel those not started; optionally wait.
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 cancel_timeout: float | None = None) -> None:
+        """Stop accepting tasks; optionally cancel those not finished; optionally wait.
 
         ``cancel_futures``: tasks not sent yet are dropped here; for the others one bulk
-        request asks the service to cancel those that have not started (with ``wait=False``
-        in the background, so that an unreachable service does not hold the caller)."""
+        request asks the service to cancel them, running ones included (with ``wait=False``
+        in the background, so that an unreachable service does not hold the caller; at most
+        ``cancel_timeout`` seconds, when given, before a process that is ending exits)."""
         if cancel_futures:
             with self._lock:
                 pending = [f for f in self._futures.values() if not f.done()]
@@ -518,8 +520,8 @@ class Executor(concurrent.futures.Executor):
                 cancel = threading.Thread(target=self._cancel_sent, args=(sent,), daemon=True,
                                           name="fedcompute-cancel")
                 cancel.start()
-                if wait:
-                    cancel.join()
+                if wait or cancel_timeout is not None:
+                    cancel.join(None if wait else cancel_timeout)
         self._shutdown = True
         self._submitter.close()
         with self._lock:

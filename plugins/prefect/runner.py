@@ -407,7 +407,9 @@ class FederatedTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if loop is not None and not loop.is_running():
             loop.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # The flow run may be ending (cancelled, a signal): the remote tasks still running
+            # are stopped before this process goes, not left to run for nobody.
+            self._executor.shutdown(wait=False, cancel_futures=True, cancel_timeout=10)
         if self._own_client is not None:
             self._own_client.close()
         if self._io_pool is not None:

@@ -91,6 +91,18 @@ def slow(seconds: float):
     return "too late"
 
 
+@task(timeout_seconds=8)
+def slow_with_marks(folder: str, seconds: float):
+    import os
+    import time
+
+    open(os.path.join(folder, "started"), "w").close()
+    for _ in range(int(seconds * 10)):
+        time.sleep(0.1)
+    open(os.path.join(folder, "finished"), "w").close()
+    return "too late"
+
+
 @task
 async def async_double(x):
     await asyncio.sleep(0.01)
@@ -275,6 +287,20 @@ def test_timeout_seconds(runner):
     runs = task_runs(flow_run_id, {"slow": "TimedOut"})
     (run,) = runs.values()
     task_run_logs(run.id, ["Task run exceeded timeout of 1"])
+
+
+def test_a_timed_out_task_stops_its_running_remote_task(runner, tmp_path):
+    @flow(task_runner=runner)
+    def too_slow():
+        future = slow_with_marks.submit(str(tmp_path), 20)
+        future.wait()
+        return future.state.name
+
+    assert run_flow(too_slow)[0].result() == "TimedOut"
+    assert (tmp_path / "started").exists(), "the remote body was running"
+    started = (tmp_path / "started").stat().st_mtime
+    time.sleep(max(0.0, started + 22 - time.time()))  # it would have finished by now
+    assert not (tmp_path / "finished").exists(), "the timeout stopped the remote task"
 
 
 def test_async_tasks_in_sync_and_async_flows(runner):
@@ -558,3 +584,45 @@ def test_stream_output_shows_lines_in_the_task_run_logs_as_they_come(fed_stack, 
     assert levels["live tick"] == logging.INFO
     assert any(m.endswith("lab.live: live record") and level == logging.WARNING
                for m, level in levels.items())
+
+
+def test_cancelling_a_flow_run_through_the_prefect_api_stops_its_remote_task(
+        fed_stack, prefect_server, tmp_path):
+    """Prefect's own cancellation: the served flow's runner sees the run Cancelling and ends
+    its process; the running remote task is stopped at the endpoint (TaskCancelled in it)."""
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Cancelling
+
+    env = {**os.environ, "FC_TEST_ENDPOINT": fed_stack.endpoint_id,
+           "FEDCOMPUTE_SERVICE_URL": fed_stack.service_url, "FEDCOMPUTE_TOKEN": fed_stack.token,
+           "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    served = subprocess.Popen([sys.executable, str(Path(__file__).with_name("served_flow.py"))],
+                              env=env, cwd=Path(__file__).parent, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = wait_until(lambda: _deployment(client, "cancellable/fc-cancel"), 120)
+            run = client.create_flow_run_from_deployment(deployment.id,
+                                                         parameters={"folder": str(tmp_path)})
+            wait_until(lambda: (tmp_path / "started").exists(), 180)
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            wait_until(lambda: client.read_flow_run(run.id).state.is_cancelled(), 120)
+        wait_until(lambda: (tmp_path / "stopped").exists(), 60)
+        assert (tmp_path / "stopped").read_text() == "TaskCancelled"
+        assert not (tmp_path / "finished").exists()
+    finally:
+        served.terminate()
+        try:
+            served.wait(30)
+        except subprocess.TimeoutExpired:
+            served.kill()
+            served.wait(30)
+
+
+def _deployment(client, name: str):
+    try:
+        return client.read_deployment_by_name(name)
+    except Exception:  # noqa: BLE001 - not served yet
+        return None
