@@ -224,5 +224,7 @@ class FederatedComputeHook(BaseHook):
         return self.get_conn().get_task(task_id)
 
     def cancel(self, task_id: str) -> str:
-        """Cancel a task that has not started; returns its status afterwards."""
+        """Cancel a task (a running one is stopped at its endpoint); returns its status
+        afterwards: ``cancelled``, ``cancelling`` (running: being stopped), or the state it had
+        ended in."""
         return self.get_conn().cancel_task(task_id)

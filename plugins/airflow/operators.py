@@ -200,6 +200,9 @@ class _RemoteOperator(BaseOperator):
             hook.close()
         if status == "cancelled":
             self.log.info("Cancelled remote task %s", task_id)
+        elif status == "cancelling":
+            self.log.info("Cancelled remote task %s: it was running, its endpoint stops it",
+                          task_id)
         else:
             self.log.warning("Remote task %s is %s and can no longer be cancelled", task_id,
                              status)

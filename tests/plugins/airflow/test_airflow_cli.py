@@ -88,24 +88,43 @@ from airflow.sdk import DAG
 from fedcompute.plugins.airflow import RemoteFunctionOperator
 
 
-def never_runs():
+def sleeps_marked(folder):
+    import os
+    import time
+
+    open(os.path.join(folder, "started"), "w").close()
+    try:
+        for _ in range(1200):
+            time.sleep(0.1)
+    except BaseException as exc:
+        with open(os.path.join(folder, "stopped"), "w") as f:
+            f.write(type(exc).__name__)
+        raise
     return "ran"
 
 
 with DAG("fc_on_kill", schedule=None, start_date=dt.datetime(2024, 1, 1)) as dag:
-    RemoteFunctionOperator(task_id="queued", python_callable=never_runs,
-                           endpoint_id="{endpoint_id}", poll_interval=1, deferrable=False)
+    RemoteFunctionOperator(task_id="remote", python_callable=sleeps_marked,
+                           op_args=["{folder}"], endpoint_id="{endpoint_id}", poll_interval=1,
+                           deferrable=False)
 '''
 
 
-def test_sigterm_runs_on_kill_which_cancels_the_remote_task(cli_home, fed_stack, tmp_path):
-    # An endpoint that is registered but never started: its tasks stay queued.
+@pytest.mark.parametrize("where", ["queued", "running"])
+def test_sigterm_runs_on_kill_which_cancels_the_remote_task(cli_home, fed_stack, tmp_path,
+                                                            where):
+    """Airflow kills the task (SIGTERM: a timeout, a task marked failed, ``airflow tasks
+    kill``): ``on_kill`` cancels the remote task, queued (on an endpoint never started) or
+    running (stopped at the endpoint: TaskCancelled in the remote body)."""
     client = fed_stack.client()
-    offline = client.register_endpoint("airflow-offline")["endpoint_id"]
+    endpoint = (client.register_endpoint("airflow-offline")["endpoint_id"]
+                if where == "queued" else fed_stack.endpoint_id)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "fc_on_kill.py").write_text(textwrap.dedent(ON_KILL_DAG).format(
-        endpoint_id=offline))
+        endpoint_id=endpoint, folder=marks))
     env = {**os.environ, **cli_home(dags)}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "dags", "test",
                              "fc_on_kill"], env=env, cwd=REPO, stdout=subprocess.PIPE,
@@ -124,21 +143,30 @@ def test_sigterm_runs_on_kill_which_cancels_the_remote_task(cli_home, fed_stack,
     try:
         assert submitted.wait(300), "".join(lines)[-5000:]
         task_id = re.search(r"Submitted remote task ([0-9a-f-]{36})", "".join(lines)).group(1)
-        assert client.get_task(task_id)["status"] == "waiting-for-endpoint"
+        if where == "queued":
+            assert client.get_task(task_id)["status"] == "waiting-for-endpoint"
+        else:
+            deadline = time.monotonic() + 120
+            while client.get_task(task_id)["status"] != "running":
+                assert time.monotonic() < deadline, "the remote task never ran"
+                time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            Path("/tmp/afexp/onkill.log").write_text("".join(lines))
-            raise
+        proc.wait(120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     reader.join(10)
     log = "".join(lines)
+    deadline = time.monotonic() + 60
+    while client.get_task(task_id)["status"] != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert client.get_task(task_id)["status"] == "cancelled", log[-5000:]
     assert f"Cancelled remote task {task_id}" in log
+    if where == "running":
+        assert (marks / "stopped").read_text() == "TaskCancelled"
+    else:
+        assert not (marks / "started").exists()
 
 
 def test_hook_reads_connections_and_reaches_the_service(airflow_env):
