@@ -125,8 +125,18 @@ def serve(frames: Any, writer: FrameWriter) -> int:
         except OSError:
             stopping.set()
 
+    def output(batches: list[dict]) -> None:
+        try:
+            writer.write({"op": "output", "batches": batches})
+        except OSError:
+            stopping.set()
+
     dispatcher = Dispatcher(engine, config, ledger, functions, finish, mark,
                             lambda: state["workers"], stopping)
+    # Tasks report when they start and what they print while they run, as on other endpoints.
+    dispatcher.on_started = lambda task_ids, host, pid: mark("running", task_ids)
+    dispatcher.on_output = output
+    dispatcher.follow_dask_starts()
     follower = threading.Thread(target=_workers_follower, name="fedcompute-user-status",
                                 args=(engine, ledger, writer, state, mark, stopping),
                                 daemon=True)

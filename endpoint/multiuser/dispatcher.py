@@ -41,6 +41,9 @@ class MultiUserDispatcher:
         self.allowed = (set(config.allowed_functions) if config.allowed_functions is not None
                         else None)
         engine.attach(self._results, mark)
+        #: Live output of running tasks (the agent sets it); the user processes send it here.
+        self.on_output: Callable[[list[dict]], None] = lambda batches: None
+        engine.on_output = lambda batches: self.on_output(batches)
 
     def dispatch(self, leased: list[LeasedTask]) -> list[LeasedTask]:
         """Route what was leased; returns the tasks dispatched (not already held)."""

@@ -86,6 +86,8 @@ class UserProcess:
         self.folder = folder  # the user's private folder (the process's cwd)
         self.env = env
         self.on_results, self.on_mark, self.on_exit = on_results, on_mark, on_exit
+        #: Live output batches of its tasks (``stream_output``), set by the manager.
+        self.on_output: Callable[[list[dict]], None] = lambda batches: None
         self.state = "starting"  # -> ready | failed; -> retiring -> exited
         self.workers = 0
         self.error: UserProcessError | None = None
@@ -221,6 +223,8 @@ class UserProcess:
             self._results(list(frame.get("results") or []))
         elif op == "mark":
             self._mark(frame)
+        elif op == "output":
+            self._output(frame)
         elif op == "workers":
             self.workers = int(frame.get("workers") or 0)
         elif op == "ready":
@@ -254,6 +258,13 @@ class UserProcess:
         if state in MARKS and ids and not self.abandoned:
             self.on_mark(state, ids)
 
+    def _output(self, frame: dict[str, Any]) -> None:
+        with self._lock:  # (its own tasks only, as for results)
+            batches = [b for b in frame.get("batches") or ()
+                       if isinstance(b, dict) and b.get("task_id") in self._outstanding]
+        if batches and not self.abandoned:
+            self.on_output(batches)
+
     def _failed(self, envelope: dict[str, Any]) -> None:
         kind = str(envelope.get("type") or "Exception").removeprefix("builtins.")
         what = f"{kind}: {envelope.get('message', '')}"
@@ -282,6 +293,7 @@ class UserProcesses:
         self.root = Path(config.user_work_root or self.workdir / "users")
         self.on_results: Results = lambda results: None
         self.on_mark: Marks = lambda state, ids: None
+        self.on_output: Callable[[list[dict]], None] = lambda batches: None
         self._by_key: dict[str, UserProcess] = {}  # routable (and failed, held)
         self._live: set[UserProcess] = set()  # every process not yet exited
         self._lock = threading.Lock()
@@ -402,6 +414,7 @@ class UserProcesses:
         proc = UserProcess(key, owner, user, rendered, folder, start_frame,
                            self._env(user, folder), self.on_results, self.on_mark,
                            self._exited)
+        proc.on_output = lambda batches: self.on_output(batches)
         proc.start()
         return proc
 

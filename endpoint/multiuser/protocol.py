@@ -15,6 +15,7 @@ User process to manager (its stdout):
 ``{"op": "ready", "workers": n}`` or ``{"op": "failed", "error": exception envelope}``
 ``{"op": "results", "results": [TaskResult wire dicts]}``
 ``{"op": "mark", "state": "running" | "waiting-for-nodes", "task_ids": [...]}``
+``{"op": "output", "batches": [live output batches of running tasks]}``
 ``{"op": "workers", "workers": n}``
 
 Payloads, function bodies and results stay raw bytes; nothing here is unpickled.

@@ -191,6 +191,35 @@ def test_tasks_run_as_the_mapped_accounts_and_what_they_write_is_theirs(mu):
     mu["written"] = {"fcuser1": a["path"], "fcuser2": b["path"]}
 
 
+def prints_then_waits(release: str):
+    import os
+    import time
+
+    print("hello from the user process", flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            return "never released"
+        time.sleep(0.1)
+    return "released"
+
+
+def test_live_output_and_running_state_from_a_user_process(mu):
+    # Where the mapped account can see the file appear (pytest's folders are root's alone).
+    folder = Path(tempfile.mkdtemp(prefix="fc-mu-live-"))
+    folder.chmod(0o755)
+    release = folder / "release"
+    with executor(mu, "mu-alice") as ex:
+        future = ex.submit_with(prints_then_waits, (str(release),), stream_output=True)
+        _wait_until(lambda: [line.text for line in future.output]
+                    == ["hello from the user process"], 120, "the line to stream in")
+        assert not future.done()
+        _wait_until(lambda: future.status() == "running", 30, "the task to show running")
+        release.touch()
+        assert future.result(timeout=60) == "released"
+    shutil.rmtree(folder)
+
+
 def test_one_user_cannot_read_the_others_task_data_or_the_endpoints(mu):
     if "written" not in mu:
         test_tasks_run_as_the_mapped_accounts_and_what_they_write_is_theirs(mu)
