@@ -310,7 +310,8 @@ class Dispatcher:
             futures = [(key, self._futures[key]) for key in chunks if key in self._futures]
         failed: list[str] = []
         for key, future in futures:
-            if future.status == "pending" and future.cancel() is not False:
+            if future.status == "pending":
+                future.cancel()
                 failed += chunks[key]
         if failed:
             self.finish([TaskResult.failure(t, exc) for t in failed])

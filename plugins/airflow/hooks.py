@@ -12,6 +12,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from fedcompute import Client, errors, serialize
 from fedcompute.oauth import RefreshingAuth
+from fedcompute.output import OutputLines
 
 #: States after which a task never changes again.
 FINAL_STATES = frozenset({"success", "failed", "cancelled"})
@@ -228,3 +229,20 @@ class FederatedComputeHook(BaseHook):
         afterwards: ``cancelled``, ``cancelling`` (running: being stopped), or the state it had
         ended in."""
         return self.get_conn().cancel_task(task_id)
+
+
+class RemoteOutputLog:
+    """Writes a remote task's live output events (``stream_output``) to ``log`` as lines,
+    ``[remote stdout] ...``; call it with each event, then :meth:`end` when the task ends."""
+
+    def __init__(self, log: Any):
+        self.log = log
+        self._lines = OutputLines()
+
+    def __call__(self, event: dict) -> None:
+        for line in self._lines.feed(event["stream"], event["text"], event["at"]):
+            self.log.info("[remote %s] %s", line.stream, line.text)
+
+    def end(self) -> None:
+        for line in self._lines.end():
+            self.log.info("[remote %s] %s", line.stream, line.text)

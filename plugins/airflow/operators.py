@@ -11,9 +11,8 @@ from typing import Any, NoReturn
 from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from fedcompute import ShellFunction, ShellResult, TaskCancelled
-from fedcompute.output import OutputLines
 
-from .hooks import FederatedComputeHook
+from .hooks import FederatedComputeHook, RemoteOutputLog
 from .triggers import RemoteTaskTrigger
 
 #: XCom key under which the remote task id is pushed (next to ``return_value``).
@@ -131,17 +130,11 @@ class _RemoteOperator(BaseOperator):
                                           self.poll_interval, self.stream_output),
                 method_name="execute_complete",
                 timeout=timedelta(seconds=timeout + _DEFER_GRACE))
-        lines = OutputLines()
-
-        def show(event: dict) -> None:  # the remote task's lines, as they come
-            for line in lines.feed(event["stream"], event["text"], event["at"]):
-                self.log.info("[remote %s] %s", line.stream, line.text)
-
+        show = RemoteOutputLog(self.log)  # the remote task's lines, as they come
         finished = self.hook.wait(task_id, group, timeout, self.poll_interval,
                                   should_stop=lambda: self._killed,
                                   on_output=show if self.stream_output else None)
-        for line in lines.end():
-            self.log.info("[remote %s] %s", line.stream, line.text)
+        show.end()
         if self._killed:
             if self._canceller is not None:
                 self._canceller.join(30)

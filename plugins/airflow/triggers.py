@@ -9,9 +9,13 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from fedcompute.output import OutputLines
 
-from .hooks import FederatedComputeHook, ServiceSettings, settings_from_connection
+from .hooks import (
+    FederatedComputeHook,
+    RemoteOutputLog,
+    ServiceSettings,
+    settings_from_connection,
+)
 
 
 class RemoteTaskTrigger(BaseTrigger):
@@ -68,12 +72,7 @@ class RemoteTaskTrigger(BaseTrigger):
             # Short non-blocking checks, backing off to poll_interval: a blocking long-poll
             # would hold one of the triggerer's few executor threads per deferred task.
             delay = min(0.2, self.poll_interval)
-            lines = OutputLines()
-
-            def show(event: dict) -> None:
-                for line in lines.feed(event["stream"], event["text"], event["at"]):
-                    self.log.info("[remote %s] %s", line.stream, line.text)
-
+            show = RemoteOutputLog(self.log)
             on_output = show if self.stream_output else None
             while True:
                 remaining = self.deadline - time.time()
@@ -84,8 +83,7 @@ class RemoteTaskTrigger(BaseTrigger):
                 done, cursor = await asyncio.to_thread(
                     hook.poll, self.task_id, self.task_group_id, cursor, 0.0, on_output)
                 if done:
-                    for line in lines.end():
-                        self.log.info("[remote %s] %s", line.stream, line.text)
+                    show.end()
                     yield self._event("done")
                     return
                 await asyncio.sleep(min(delay, max(self.deadline - time.time(), 0.0)))
