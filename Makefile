@@ -22,7 +22,7 @@ demo: $(STAMP)  ## start the embedded stack, run the crystallography pipeline de
 
 test: $(STAMP)  ## lint, then the whole suite (real Valkey, Dask, Prefect, Airflow; Slurm if running)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs --durations=40 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -46,8 +46,9 @@ def test_four_ranks_with_mpiexec_on_the_local_engine(fed_stack):
         result = ex.submit(MPIFunction(f"{sys.executable} {MPI_PROGRAM}")).result(timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.cmd.startswith("mpiexec -n 4 --host localhost:4 ")
-    assert ranks_in(result.stdout) == [0, 1, 2, 3]
-    assert all(" of 4 on " in line for line in result.stdout.splitlines())
+    assert ranks_in(result.stdout) == [0, 1, 2, 3], result.stdout
+    # Each rank knows the size of the world it was launched into.
+    assert set(re.findall(r"rank \d+ of (\d+)", result.stdout)) == {"4"}, result.stdout
 
 
 def launch_variables_and_run(test_dir: str, python: str) -> tuple[dict, str]:
