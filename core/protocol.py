@@ -27,6 +27,13 @@ MSGPACK = "application/msgpack"
 JSON = "application/json"
 
 
+def dashboard_path(endpoint_id: str) -> str:
+    """Where the service shows ``endpoint_id``'s Dask dashboard. The endpoint's scheduler
+    serves its HTTP routes under this prefix, so the dashboard's own links and websockets
+    come back through the service."""
+    return f"/console/dashboard/{endpoint_id}"
+
+
 class TaskState(enum.StrEnum):
     RECEIVED = "received"
     WAITING_FOR_ENDPOINT = "waiting-for-endpoint"

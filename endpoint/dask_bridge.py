@@ -18,6 +18,12 @@ after the user's laptop disconnects. The bridge never subscribes to the schedule
 ``worker-status`` plugin (that would steal it from the engine's cluster manager, breaking its
 adaptive scaling).
 
+With ``dashboard`` (the path the service shows it under, which the scheduler serves its HTTP
+routes beneath), a dial for the dashboard joins the new websocket byte for byte to the
+scheduler's HTTP server on loopback: the service forwards one browser request (or one
+dashboard websocket) through it. Dask's Bokeh dashboard is added to the scheduler on the first
+such dial unless the engine started it.
+
 It also installs :class:`ResourcesGuard`, a scheduler plugin that errs at once a task whose
 resource restrictions no current worker, and no worker the engine would add, can meet (Dask
 would leave it waiting silently for ever).
@@ -26,6 +32,7 @@ would leave it waiting silently for ever).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import math
@@ -44,7 +51,8 @@ from distributed.comm.ws import MAX_MESSAGE_SIZE, WS
 from fedcompute.tls import ssl_context
 from fedcompute.versions import versions
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClosedError, WebSocketError, websocket_connect
 
 from . import _compat
@@ -87,11 +95,14 @@ class DaskBridge:
     ``engine``: has ``.cluster`` (a distributed Cluster whose Scheduler runs in this process).
     ``max_workers``: a cap on what remote ``scale``/``adapt`` may ask for (None: no cap).
     ``verify``: TLS verification for ``https`` services (True, False or a CA bundle path).
+    ``dashboard``: the scheduler's ``http_prefix`` when the service may show its dashboard
+    (empty: no dashboard).
     """
 
     def __init__(self, service_url: str, credential: str, endpoint_id: str, engine: Any, *,
                  max_workers: int | None = None, verify: bool | str = True,
-                 ping_interval: float = 20.0, dial_timeout: float = 30.0):
+                 ping_interval: float = 20.0, dial_timeout: float = 30.0,
+                 dashboard: str = ""):
         parts = urlsplit(service_url.rstrip("/"))
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"invalid service URL {service_url!r}")
@@ -104,6 +115,9 @@ class DaskBridge:
         self._ssl = ssl_context(verify) if ws_scheme == "wss" else None
         self.ping_interval = ping_interval
         self.dial_timeout = dial_timeout
+        self.dashboard = dashboard
+        self.dashboard_requests = 0
+        self._bokeh: asyncio.Future | None = None
         self.session = uuid.uuid4().hex
         self.versions = dask_versions()
         self.connected = threading.Event()
@@ -191,7 +205,8 @@ class DaskBridge:
                 ws.protocol.set_nodelay(True)
                 self._control = ws
                 await ws.write_message(json.dumps({"op": "hello", "session": self.session,
-                                                   "versions": self.versions}))
+                                                   "versions": self.versions,
+                                                   "dashboard": self.dashboard}))
                 while True:
                     raw = await ws.read_message()
                     if raw is None:
@@ -201,6 +216,8 @@ class DaskBridge:
                         self.connected.set()
                         delay = 0.5
                         self._log("control connection to the service is up")
+                    elif msg.get("op") == "dial" and msg.get("target") == "dashboard":
+                        asyncio.ensure_future(self._dial_dashboard(str(msg["comm_id"])))
                     elif msg.get("op") == "dial":
                         asyncio.ensure_future(self._dial(str(msg["comm_id"])))
                 reason = f"{ws.close_code} {ws.close_reason or ''}".strip()
@@ -243,6 +260,58 @@ class DaskBridge:
         self._comms.add(comm)
         self._scheduler.handle_comm(comm)
         asyncio.ensure_future(self._forget_when_closed(comm))
+
+    # --- the dashboard -----------------------------------------------------------------
+
+    async def _dial_dashboard(self, comm_id: str) -> None:
+        """Open the websocket for ``comm_id`` and join it to the scheduler's HTTP server."""
+        if not self.dashboard or self._stopping:
+            return  # the service asks only bridges that said they have one
+        sock = stream = None
+        try:
+            await self._bokeh_started()
+            sock = await websocket_connect(self._request(f"/v1/agent/dask/{comm_id}",
+                                                         self.dial_timeout),
+                                           max_message_size=MAX_MESSAGE_SIZE)
+            stream = await TCPClient().connect(*self._http_address(),
+                                               timeout=self.dial_timeout)
+        except (TimeoutError, OSError, StreamClosedError, WebSocketError, WebSocketClosedError,
+                HTTPClientError, ImportError, RuntimeError) as exc:
+            self._log(f"dashboard dial {comm_id[:8]} failed: {exc}", logging.INFO)
+            if sock is not None:
+                sock.close(1011, "the endpoint's dashboard is not reachable")
+            return
+        self.dashboard_requests += 1
+        await _join(sock, stream)
+
+    def _http_address(self) -> tuple[str, int]:
+        server = self._scheduler.http_server
+        if server is None:
+            raise RuntimeError("the scheduler serves no HTTP")
+        for listening in getattr(server, "_sockets", {}).values():
+            host, port = listening.getsockname()[:2]
+            return ("127.0.0.1" if host in ("0.0.0.0", "") else
+                    "::1" if host == "::" else host), port
+        return "127.0.0.1", server.port
+
+    async def _bokeh_started(self) -> None:
+        """Add Dask's Bokeh dashboard to the scheduler once (unless the engine started it):
+        importing Bokeh takes a second, so endpoints nobody looks at never pay for it."""
+        if self._bokeh is None:
+            self._bokeh = asyncio.ensure_future(self._start_bokeh())
+        await asyncio.shield(self._bokeh)
+
+    async def _start_bokeh(self) -> None:
+        application = self._scheduler.http_application
+        if any(type(app).__name__ == "DaskBokehTornado"
+               for app in getattr(application, "applications", ())):
+            return
+        # Imported off the loop: the scheduler keeps serving meanwhile.
+        module = await asyncio.to_thread(importlib.import_module,
+                                         "distributed.dashboard.scheduler")
+        module.connect(application, self._scheduler.http_server, self._scheduler,
+                       prefix=self.dashboard)
+        self._log(f"Dask dashboard started under {self.dashboard}", logging.INFO)
 
     async def _forget_when_closed(self, comm: RelayedComm) -> None:
         while not comm.closed():
@@ -373,6 +442,34 @@ class DaskBridge:
         lines += [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} dask bridge: {text}"
                   for t, text in self._logs]
         return lines
+
+
+async def _join(sock: Any, stream: IOStream) -> None:
+    """Copy bytes both ways between a websocket (binary messages) and a TCP stream, until
+    either ends; then close both."""
+
+    async def to_stream() -> None:
+        while True:
+            data = await sock.read_message()
+            if data is None:
+                return
+            await stream.write(data if isinstance(data, bytes) else data.encode())
+
+    async def to_socket() -> None:
+        while True:
+            data = await stream.read_bytes(256 * 1024, partial=True)
+            await sock.write_message(data, binary=True)
+
+    tasks = [asyncio.ensure_future(to_stream()), asyncio.ensure_future(to_socket())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        stream.close()
+        sock.close(1000, "")
 
 
 def _message(exc: HTTPClientError) -> str:

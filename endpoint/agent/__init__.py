@@ -23,8 +23,10 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fedcompute import errors
+from fedcompute.protocol import dashboard_path
 from fedcompute.retry import Backoff
 
 from .. import multiuser
@@ -64,6 +66,11 @@ class Agent:
             self.engine, dispatcher_class = multiuser.agent_parts(config, self.workdir)
         else:
             self.engine = get_engine(config.engine, self.workdir, container=config.container)
+            if self._dask_access() and self.engine.dashboard is not False:
+                # The scheduler serves HTTP under the service's path for it, so that the
+                # dashboard's pages and websockets work when relayed (DaskBridge).
+                self.engine.http_prefix = (urlsplit(self.service_url).path.rstrip("/")
+                                           + dashboard_path(endpoint_id))
         self.ledger = Ledger()
         self.functions = FunctionCache()
         self.spool = Spool(self.workdir / "spool")
@@ -150,17 +157,23 @@ class Agent:
                      self.endpoint_id, self.session, reply.get("reclaimed", 0))
             return
 
-    def _start_bridge(self) -> None:
+    def _dask_access(self) -> bool:
         # A Dask client can run any code, so restricted endpoints keep Dask access off.
-        if self.config.allowed_functions is not None or not self.config.dask_access:
+        return (self.config.allowed_functions is None and self.config.dask_access
+                and not self.config.multi_user)
+
+    def _start_bridge(self) -> None:
+        if not self._dask_access():
             log.info("Dask access off (allowed_functions is set, or dask_access: false)")
             return
         from ..dask_bridge import DaskBridge
 
+        prefix = self.engine.http_prefix
         try:
             self.bridge = DaskBridge(self.service_url, self.credential, self.endpoint_id,
                                      self.engine, max_workers=self.config.dask_max_workers,
-                                     verify=self.config.verify_tls)
+                                     verify=self.config.verify_tls,
+                                     dashboard=prefix if prefix != "/" else "")
             self.bridge.start()
         except Exception as exc:  # noqa: BLE001 - the task path must not depend on it
             log.warning("Dask relay bridge not started: %s", exc)

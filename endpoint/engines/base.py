@@ -68,6 +68,16 @@ class Engine(abc.ABC):
         self.mpi_launcher = check_launcher(self.options.get("mpi_launcher"))
         self.cluster: Cluster | None = None
         self.client: Client | None = None
+        #: Where the scheduler serves its HTTP routes (health, metrics, the dashboard); the
+        #: agent sets the service's dashboard path before ``start`` (core ``dashboard_path``).
+        self.http_prefix = "/"
+
+    @property
+    def dashboard(self) -> bool | None:
+        """The ``dashboard`` option: True starts Dask's dashboard with the scheduler, None
+        (unset) starts it on the first visit through the service, False keeps it off."""
+        value = self.options.get("dashboard")
+        return None if value is None else bool(value)
 
     def worker_env(self) -> dict[str, str]:
         """Environment variables the engine's workers get: the MPI launcher setting."""

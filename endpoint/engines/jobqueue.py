@@ -33,7 +33,8 @@ signature. Options that are fedcompute's own:
     How many times a task may lose its worker (a job killed, preempted or past its walltime)
     before it fails (default 2).
 ``dashboard``
-    Serve the Dask dashboard on 127.0.0.1 (default false: no dashboard).
+    The Dask dashboard, served on 127.0.0.1 and shown to the endpoint's users through the
+    service: true starts it with the scheduler, unset on the first visit, false keeps it off.
 ``lost_job_timeout``
     Seconds a started job may have no connected worker before it is considered ended (10).
 
@@ -374,7 +375,10 @@ class JobQueueEngine(Engine):
             parents=True, exist_ok=True)
         self.refusals = JobRefusals()
         job_cls = recording(self.cluster_class().job_cls, self.refusals)
-        cluster = self.cluster_class()(job_cls=job_cls, **self.cluster_kwargs)
+        kwargs = dict(self.cluster_kwargs)
+        kwargs["scheduler_options"] = {"http_prefix": self.http_prefix,
+                                       **kwargs["scheduler_options"]}
+        cluster = self.cluster_class()(job_cls=job_cls, **kwargs)
         # A batch job's worker may be killed (scancel, preemption, walltime): its tasks are
         # retried on other workers this many times before they fail as KilledWorker.
         cluster.scheduler.allowed_failures = self.allowed_failures

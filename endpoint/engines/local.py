@@ -49,7 +49,6 @@ class LocalEngine(Engine):
         if self.container is not None:
             return self._container_cluster()
         opts = self.options
-        dashboard = opts.get("dashboard", False)
         return LocalCluster(
             n_workers=self.n_workers,
             threads_per_worker=int(opts.get("threads_per_worker", 1)),
@@ -58,7 +57,8 @@ class LocalEngine(Engine):
             scheduler_port=0,
             # Dask's HTTP server starts even without a dashboard: keep it on loopback, port 0
             dashboard_address=opts.get("dashboard_address", "127.0.0.1:0"),
-            scheduler_kwargs={"dashboard": bool(dashboard)},
+            scheduler_kwargs={"dashboard": bool(self.dashboard),
+                              "http_prefix": self.http_prefix},
             memory_limit=opts.get("memory_limit", "auto"),
             resources=opts.get("resources"),
             silence_logs=logging.WARNING,
@@ -82,7 +82,7 @@ class LocalEngine(Engine):
         opts = self.options
         scheduler = {"cls": Scheduler, "options": {
             "host": "127.0.0.1", "port": 0,
-            "dashboard": bool(opts.get("dashboard", False)),
+            "dashboard": bool(self.dashboard), "http_prefix": self.http_prefix,
             "dashboard_address": opts.get("dashboard_address", "127.0.0.1:0")}}
         worker = self.worker_spec()
         return SpecCluster(scheduler=scheduler, workers=dict.fromkeys(range(self.n_workers),

@@ -18,6 +18,7 @@ from distributed.objects import SchedulerInfo
 from distributed.security import Security
 from distributed.utils import Log, Logs
 from fedcompute import errors
+from fedcompute.protocol import dashboard_path
 
 from . import _compat
 from .comm import fed_address
@@ -95,7 +96,9 @@ class FederatedCluster(_compat.ClusterHooks, Cluster):
     endpoint through its own cluster manager, so adaptivity keeps working after the client
     leaves. ``check_versions``: True raises ``VersionMismatchError`` when Python (major.minor),
     dask, distributed or cloudpickle (major.minor) differ from the endpoint's; "warn" warns;
-    False skips. ``dashboard_link`` is empty: the dashboard is not proxied by the service.
+    False skips. ``dashboard_link`` is the endpoint's Dask dashboard through the service (sign
+    in to the console, or send the token as ``Authorization: Bearer``); empty when the
+    endpoint keeps it off.
     Clients must not talk to workers directly (``direct_to_workers`` stays off).
     """
 
@@ -319,8 +322,11 @@ class FederatedCluster(_compat.ClusterHooks, Cluster):
 
     @property
     def dashboard_link(self) -> str:
-        """Empty: the endpoint's dashboard is not proxied through the service (yet)."""
-        return ""
+        """The endpoint's Dask dashboard, relayed by the service; "" if the endpoint has none."""
+        if not self.endpoint_info.get("dashboard"):
+            return ""
+        path = self.endpoint_info.get("dashboard_path") or dashboard_path(self.endpoint_id)
+        return f"{self.fed_client.service_url.rstrip('/')}{path}/status"
 
     @property
     def scheduler_address(self) -> str:

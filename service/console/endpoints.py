@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Response, redirect, request, url_for
+from fedcompute.protocol import dashboard_path
 
 from ..access import owned
 from ..context import fed
@@ -39,8 +40,12 @@ def endpoints() -> tuple[str, int]:
 def endpoint(endpoint_id: str) -> tuple[str, int]:
     user = session.user()
     record = _view(visible_endpoint(endpoint_id, user))
+    control = fed().relay.control(record["endpoint_id"])
+    dashboard = ""
+    if control and control.get("dashboard") and record.get("allowed_functions") is None:
+        dashboard = dashboard_path(record["endpoint_id"]) + "/status"
     return session.render("console/endpoint.html", endpoint=record, user=user,
-                          section="endpoints")
+                          dashboard=dashboard, section="endpoints")
 
 
 @bp.post("/endpoints/<endpoint_id>/sharing")

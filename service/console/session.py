@@ -184,7 +184,8 @@ def signed_in_user() -> UserName | None:
     return session["user"] if session else None
 
 
-def _same_origin() -> bool:
+def same_origin() -> bool:
+    """The request names no other origin than this service (or none at all)."""
     origin = request.headers.get("Origin")
     if not origin or origin == "null":
         return origin is None  # "null" comes from sandboxed or privacy-redirected contexts
@@ -193,7 +194,7 @@ def _same_origin() -> bool:
 
 def _check_csrf(expected: str) -> None:
     sent = request.form.get("csrf", "")
-    if not (expected and sent and hmac.compare_digest(sent, expected)) or not _same_origin():
+    if not (expected and sent and hmac.compare_digest(sent, expected)) or not same_origin():
         abort(403, "the form has expired or did not come from this console; reload the page "
                    "and try again")
 
@@ -257,7 +258,7 @@ def _login_page(error: str = "", status: int = 200) -> Response:
 @bp.post("/login")
 def login() -> Response:
     sent, expected = request.form.get("csrf", ""), request.cookies.get(LOGIN_COOKIE, "")
-    if not (sent and expected and hmac.compare_digest(sent, expected)) or not _same_origin():
+    if not (sent and expected and hmac.compare_digest(sent, expected)) or not same_origin():
         abort(403, "the sign-in form has expired; reload the page and try again")
     token = request.form.get("token", "").strip()
     if not token:

@@ -5,9 +5,11 @@ across any number of service instances.
 ``registry``  what instances share in Redis: bridges, pending comms, instances, counts
 ``state``     this process's bridges and comms (:class:`Relay`)
 ``hop``       forwarding a dial-back to the instance holding the user's side
-``routes``    the blueprint
+``routes``    the blueprint: the Dask routes
+``dashboard`` an endpoint's Dask dashboard, relayed to the browser
 """
 
+from . import dashboard  # noqa: F401 - adds its routes to the blueprint
 from .routes import bp
 from .state import Relay
 

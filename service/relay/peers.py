@@ -16,7 +16,15 @@ from typing import Any
 
 import simple_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Request,
+    TextMessage,
+)
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
@@ -106,12 +114,45 @@ class Peer:
                 pass
 
 
-class Pair:
-    """A relayed comm: the user's websocket and, once dialed, the endpoint's."""
+class RawPeer:
+    """A plain connection taken over from the WSGI server (a browser's request to the Dask
+    dashboard): what it sends becomes binary messages for the other side, and the other
+    side's messages are written to it as they are. Has :class:`Peer`'s interface."""
 
-    def __init__(self, comm_id: str, endpoint_id: str, session: str, user: Peer,
-                 user_name: str = ""):
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.lock = threading.Lock()
+        self._buf = bytearray(CHUNK)
+        self._view = memoryview(self._buf)
+        sock.settimeout(None)
+
+    def recv_events(self) -> list | None:
+        n = self.sock.recv_into(self._buf)
+        return [BytesMessage(data=bytes(self._view[:n]))] if n else None
+
+    def send(self, events: list) -> None:
+        with self.lock:
+            for event in events:
+                if isinstance(event, Message):
+                    data = event.data
+                    self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class Pair:
+    """A relayed connection: the user's side and, once dialed, the endpoint's. ``target`` is
+    what the endpoint joins it to: its scheduler (``"dask"``) or its HTTP server
+    (``"dashboard"``)."""
+
+    def __init__(self, comm_id: str, endpoint_id: str, session: str, user: Peer | RawPeer | None,
+                 user_name: str = "", target: str = "dask"):
         self.comm_id = comm_id
+        self.target = target
         self.user_name = user_name
         self.endpoint_id = endpoint_id
         self.session = session
@@ -139,6 +180,12 @@ class Pair:
             if peer is not None:
                 peer.close(code, reason)
         self.ready.set()
+
+    def give_up(self, code: int, reason: str) -> None:
+        """Close the endpoint's side (if it came) but leave the user's open: it is still a
+        plain HTTP request, which gets an error response instead."""
+        self.user = None
+        self.close(code, reason)
 
 
 def pump(src: Peer, dst: Peer, pair: Pair, src_name: str) -> None:

@@ -47,12 +47,13 @@ class Registry:
 
     # --- control connections -------------------------------------------------------------
 
-    def set_control(self, endpoint_id: str, session: str, versions: dict) -> None:
+    def set_control(self, endpoint_id: str, session: str, versions: dict,
+                    dashboard: str = "") -> None:
         """This instance now holds the endpoint's bridge; the others drop older ones."""
         pipe = self.redis.pipeline()
         pipe.hset(keys.relay_control(endpoint_id), mapping={
             "instance": self.instance_id, "session": session, "since": time.time(),
-            "versions": json.dumps(versions)})
+            "versions": json.dumps(versions), "dashboard": dashboard})
         pipe.expire(keys.relay_control(endpoint_id), TTL)
         pipe.publish(keys.wake_control(endpoint_id), f"{session} {self.instance_id}")
         pipe.execute()
@@ -72,10 +73,10 @@ class Registry:
         if record and record["instance"] == self.instance_id and record["session"] == session:
             self.redis.delete(keys.relay_control(endpoint_id))
 
-    def ask_dial(self, endpoint_id: str, comm_id: str) -> int:
-        """Ask the instance holding the endpoint's bridge to have it dial ``comm_id``; how many
-        instances heard."""
-        return int(self.redis.publish(keys.wake_dial(endpoint_id), comm_id))
+    def ask_dial(self, endpoint_id: str, comm_id: str, target: str = "dask") -> int:
+        """Ask the instance holding the endpoint's bridge to have it dial ``comm_id`` (for
+        ``target``); how many instances heard."""
+        return int(self.redis.publish(keys.wake_dial(endpoint_id), f"{comm_id} {target}"))
 
     # --- comms ---------------------------------------------------------------------------
 

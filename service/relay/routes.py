@@ -6,7 +6,8 @@
   The relay asks the endpoint to dial and waits for it.
 * ``/v1/agent/dask/<comm_id>`` — the endpoint's dial-out; only that endpoint may answer. If the
   user's side waits on another instance, this one forwards the connection there (``hop.py``).
-* ``GET /v1/endpoints/<endpoint_id>/dask/info`` — is a bridge connected, with which versions.
+* ``GET /v1/endpoints/<endpoint_id>/dask/info`` — is a bridge connected, with which versions,
+  and does it show its dashboard (``dashboard.py`` serves that).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import socket
 from typing import Any
 
+from fedcompute.protocol import dashboard_path
 from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import (
@@ -90,6 +92,8 @@ def dask_info(endpoint_id: str) -> Response:
                   "session": control["session"] if control else None,
                   "connected_since": control["since"] if control else None,
                   "versions": control["versions"] if control else {},
+                  "dashboard": bool(control and control.get("dashboard")),
+                  "dashboard_path": dashboard_path(endpoint_id),
                   "open_comms": rel.open_comms_of(endpoint_id)})
 
 
@@ -209,6 +213,7 @@ def endpoint_control() -> Response:
                         control.session = str(msg.get("session") or "")[:64]
                         control.versions = {str(k)[:64]: str(v)[:64] for k, v in
                                             dict(msg.get("versions") or {}).items()}
+                        control.dashboard = str(msg.get("dashboard") or "")[:256]
                         rel.register(control)
                         registered = True
                         peer.send_json({"op": "welcome", "endpoint_id": endpoint_id})

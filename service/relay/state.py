@@ -14,7 +14,7 @@ from typing import Any
 from fedcompute.service.store import Store, keys
 
 from .hop import HopListener
-from .peers import BROKEN, CLOSE_ENDPOINT_GONE, CLOSE_REPLACED, Pair, Peer
+from .peers import BROKEN, CLOSE_ENDPOINT_GONE, CLOSE_REPLACED, Pair, Peer, RawPeer
 from .registry import TTL, Registry
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ class Control:
     peer: Peer
     session: str = ""
     versions: dict = field(default_factory=dict)
+    #: The path the endpoint's scheduler serves its dashboard under ("": none).
+    dashboard: str = ""
     since: float = field(default_factory=time.time)
 
 
@@ -116,7 +118,8 @@ class Relay:
         self._replace(control.endpoint_id, control.session, keep=control)
         with self.lock:
             self.controls[control.endpoint_id] = control
-        self.registry.set_control(control.endpoint_id, control.session, control.versions)
+        self.registry.set_control(control.endpoint_id, control.session, control.versions,
+                                  control.dashboard)
 
     def unregister(self, control: Control) -> None:
         with self.lock:
@@ -152,8 +155,9 @@ class Relay:
         with self.lock:
             return sum(1 for p in self.pairs.values() if p.endpoint_id == endpoint_id)
 
-    def new_pair(self, endpoint_id: str, session: str, user: Peer, user_name: str) -> Pair:
-        pair = Pair(secrets.token_urlsafe(18), endpoint_id, session, user, user_name)
+    def new_pair(self, endpoint_id: str, session: str, user: Peer | RawPeer, user_name: str,
+                 target: str = "dask") -> Pair:
+        pair = Pair(secrets.token_urlsafe(18), endpoint_id, session, user, user_name, target)
         with self.lock:
             self.pairs[pair.comm_id] = pair
         self.registry.open_comm(pair.comm_id, endpoint_id, user_name)
@@ -174,18 +178,21 @@ class Relay:
             control = self.controls.get(pair.endpoint_id)
         if control is not None:
             try:
-                control.peer.send_json({"op": "dial", "comm_id": pair.comm_id})
+                control.peer.send_json({"op": "dial", "comm_id": pair.comm_id,
+                                        "target": pair.target})
                 return True
             except BROKEN:
                 return False
-        return self.registry.ask_dial(pair.endpoint_id, pair.comm_id) > 0
+        return self.registry.ask_dial(pair.endpoint_id, pair.comm_id, pair.target) > 0
 
     def _on_dial(self, channel: str, data: bytes) -> None:
         endpoint_id = channel.removeprefix(keys.wake_dial(""))
+        comm_id, _, target = data.decode().partition(" ")
         with self.lock:
             control = self.controls.get(endpoint_id)
         if control is not None:
             try:
-                control.peer.send_json({"op": "dial", "comm_id": data.decode()})
+                control.peer.send_json({"op": "dial", "comm_id": comm_id,
+                                        "target": target or "dask"})
             except BROKEN as exc:
                 log.info("relay: dial for endpoint %s failed: %s", endpoint_id, exc)

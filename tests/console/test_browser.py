@@ -349,3 +349,65 @@ def test_a_100k_task_group_in_the_browser(browser, fed_stack):
     browser.shot("endpoints-several")
     report("console in Chromium, 100k-task group (ms unless _s)", **timings)
     assert timings["group_response"] < 2000 and timings["group_last_page_response"] < 2000
+
+
+# What a Bokeh page shows: the keys in the task stream's data (after the page's websocket
+# brought them), or null before its documents are there.
+TASK_STREAM_KEYS = """
+const docs = (window.Bokeh && window.Bokeh.documents) || [];
+let stream = null;
+for (const doc of docs) {
+  for (const model of doc.all_models) {
+    if (typeof model.get_column === 'function' && model.get_column('duration_text')
+        && model.get_column('worker_thread')) {
+      stream = (stream || []).concat(Array.from(model.get_column('key')));
+    }
+  }
+}
+return stream;
+"""
+
+
+def test_dask_dashboard_of_a_federated_cluster(browser, fed_stack):
+    """The endpoint's Bokeh dashboard in the browser, through the service: signed in to the
+    console, the task stream fills with the tasks a ``Client(FederatedCluster(...))`` runs
+    (over the dashboard's relayed websocket); other origins cannot open its websockets."""
+    from distributed import Client
+    from fedcompute.plugins.dask import FederatedCluster
+
+    def dashboard_marker(x):
+        time.sleep(0.05)
+        return x
+
+    browser.sign_in(fed_stack.token)
+    with FederatedCluster(fed_stack.endpoint_id, fed_stack.client()) as cluster, \
+            Client(cluster) as client:
+        link = cluster.dashboard_link
+        assert link.startswith(fed_stack.service_url + "/console/dashboard/")
+        started = time.monotonic()
+        browser.get(f"/console/endpoints/{fed_stack.endpoint_id}")  # the console links to it
+        browser.find("#dask-dashboard").click()
+        browser.wait(lambda: browser.driver.current_url == link, 60, "the dashboard page")
+        before = browser.wait(lambda: browser.js(TASK_STREAM_KEYS), 120, "the task stream")
+        opened = time.monotonic() - started
+        assert "dashboard_marker" not in before
+        assert client.gather(client.map(dashboard_marker, range(40))) == list(range(40))
+        keys = browser.wait(lambda: [k for k in browser.js(TASK_STREAM_KEYS)
+                                     if "dashboard_marker" in k], 60,
+                            "the tasks in the task stream")
+        assert len(keys) >= 10  # live updates arrived over the relayed websocket
+        assert browser.driver.title.startswith("Dask")
+        browser.shot("dask-dashboard")
+        print(f"\ndashboard opened in {opened:.1f} s; task stream rectangles: {len(keys)}")
+
+        # The session cookie reaches the dashboard, but another site's page cannot open its
+        # websockets with it; without a session the page asks to sign in.
+        http = browser.http()
+        path = link.removeprefix(fed_stack.service_url)
+        assert http.get(path).status_code == 200
+        ws_headers = {"Connection": "Upgrade", "Upgrade": "websocket",
+                      "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        socket_path = path.replace("/status", "/status/ws")
+        refused = http.get(socket_path, headers={**ws_headers, "Origin": "http://evil.example"})
+        assert refused.status_code == 403, refused.text
+        assert httpx.get(fed_stack.service_url + path).status_code == 302

@@ -15,6 +15,7 @@ import dask
 import dask.array as da
 import dask.bag as db
 import dask.dataframe as dd
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -368,13 +369,19 @@ def test_resources_no_worker_can_ever_have_fail_at_once(client):
 
 def test_resources_of_the_local_engine(dask_stack):
     """``engine: {type: local, resources: {GPU: 2}}``: every worker advertises them and tasks
-    asking for them run; asking for more than any worker has fails at once."""
+    asking for them run; asking for more than any worker has fails at once. (It also keeps
+    its dashboard off: ``dashboard: false``.)"""
     endpoint_id = dask_stack.stack.start_endpoint(
-        "gpu-box", engine={"type": "local", "workers": 1, "resources": {"GPU": 2}})
+        "gpu-box", engine={"type": "local", "workers": 1, "resources": {"GPU": 2},
+                           "dashboard": False})
     dask_stack.wait_dask(endpoint_id)
     try:
         with FederatedCluster(endpoint_id, dask_stack.fed_client()) as cluster, \
                 Client(cluster) as c:
+            assert cluster.dashboard_link == ""
+            off = httpx.get(f"{dask_stack.service_url}/console/dashboard/{endpoint_id}/status",
+                            headers={"Authorization": f"Bearer {dask_stack.token}"})
+            assert off.status_code == 404 and "dashboard: false" in off.json()["message"]
             cluster.wait_for_workers(1, timeout=60)
             info = c.scheduler_info()["workers"]
             assert [w["resources"] for w in info.values()] == [{"GPU": 2}]

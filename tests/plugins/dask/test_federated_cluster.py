@@ -70,7 +70,8 @@ def test_cluster_basics(cluster, client, dask_stack):
     assert len(cluster.scheduler_info["workers"]) >= 2
     assert "FederatedCluster" in repr(cluster)
     assert "FederatedCluster" in cluster._repr_html_()
-    assert cluster.dashboard_link == ""
+    assert cluster.dashboard_link == (f"{dask_stack.service_url}/console/dashboard/"
+                                      f"{dask_stack.endpoint_id}/status")
     assert cluster.bridge_info["endpoint_id"] == dask_stack.endpoint_id
     assert not client.direct_to_workers
     assert cluster.get_client() is client  # the current client of this cluster
@@ -270,6 +271,32 @@ def test_version_mismatch_is_clear(dask_stack, monkeypatch):
     with pytest.warns(UserWarning, match="different versions"):
         FederatedCluster(dask_stack.endpoint_id, dask_stack.fed_client(),
                          check_versions="warn").close()
+
+
+def test_dashboard_through_the_service(cluster, client, dask_stack):
+    """The endpoint's Bokeh dashboard, relayed: for the endpoint's users only (the browser's
+    side, websockets included, is tests/console/test_browser.py)."""
+    import httpx
+
+    link = cluster.dashboard_link
+    assert client.submit(inc, 1, pure=False).result(timeout=60) == 2
+    page = httpx.get(link, headers={"Authorization": f"Bearer {dask_stack.token}"}, timeout=60)
+    assert page.status_code == 200 and "<title>Dask" in page.text, page.text[:500]
+    script = page.text.split('src="', 2)[1].split('"')[0]  # Bokeh's JS, under the same prefix
+    assert script.startswith(f"/console/dashboard/{dask_stack.endpoint_id}/static/")
+    js = httpx.get(dask_stack.service_url + script, timeout=60,
+                   headers={"Authorization": f"Bearer {dask_stack.token}"})
+    assert js.status_code == 200 and len(js.content) > 100_000
+    # Bob may not use alice's endpoint: it does not exist for him. No credentials: the
+    # console's sign-in page, which comes back here; a wrong token: 401.
+    other = httpx.get(link, headers={"Authorization": f"Bearer {dask_stack.bob_token}"})
+    assert other.status_code == 404 and "not found" in other.json()["message"]
+    anonymous = httpx.get(link)
+    assert anonymous.status_code == 302
+    assert anonymous.headers["location"].startswith("/console/login?next=/console/dashboard/")
+    assert httpx.get(link, headers={"Authorization": "Bearer fcu_wrong"}).status_code == 401
+    info = dask_stack.fed_client().request("GET", f"/endpoints/{dask_stack.endpoint_id}/dask/info")
+    assert info["dashboard"] is True
 
 
 def test_endpoint_restart_is_a_clear_error(dask_stack, caplog):

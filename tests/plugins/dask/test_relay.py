@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -35,10 +36,10 @@ def fake_endpoints(dask_stack):
     return dask_stack.register("fake-a"), dask_stack.register("fake-b")
 
 
-async def _control(dask_stack, credential: str):
+async def _control(dask_stack, credential: str, dashboard: str = ""):
     ctrl = await websocket_connect(_ws(dask_stack, "/v1/agent/control", credential))
     await ctrl.write_message(json.dumps({"op": "hello", "session": "s" * 16,
-                                         "versions": {"python": "3"}}))
+                                         "versions": {"python": "3"}, "dashboard": dashboard}))
     assert json.loads(await ctrl.read_message())["op"] == "welcome"
     return ctrl
 
@@ -122,3 +123,51 @@ def test_info_reports_bridge_and_versions(dask_stack):
     info = dask_stack.fed_client().request("GET", f"/endpoints/{dask_stack.endpoint_id}/dask/info")
     assert info["connected"] is True
     assert set(info["versions"]) == {"python", "dask", "distributed", "cloudpickle"}
+
+
+def test_dashboard_requests_reach_the_endpoint_without_credentials(dask_stack, fake_endpoints):
+    """The test plays the bridge of an endpoint with a dashboard: a browser's request arrives
+    as bytes on a dial for the "dashboard" target, without the user's token or cookies, one
+    request per connection; what the endpoint answers reaches the browser as it is."""
+    import httpx
+
+    _, b = fake_endpoints
+    path = f"/console/dashboard/{b['endpoint_id']}"
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+              b"X-From: endpoint\r\n\r\nhello")
+
+    async def main():
+        ctrl = await _control(dask_stack, b["credential"], dashboard=path)
+        try:
+            headers = {"Authorization": f"Bearer {dask_stack.token}",
+                       "Cookie": "fc_console=secret; other=1", "X-Test": "kept"}
+            async with httpx.AsyncClient(base_url=dask_stack.service_url, timeout=30) as http:
+                request = asyncio.ensure_future(http.get(path + "/status?a=1", headers=headers))
+                dial = json.loads(await ctrl.read_message())
+                assert dial["op"] == "dial" and dial["target"] == "dashboard"
+                ep = await websocket_connect(
+                    _ws(dask_stack, f"/v1/agent/dask/{dial['comm_id']}", b["credential"]))
+                head = (await ep.read_message()).decode()
+                assert head.startswith(f"GET {path}/status?a=1 HTTP/1.1\r\n")
+                lowered = head.lower()
+                assert "authorization" not in lowered and "cookie" not in lowered
+                assert dask_stack.token not in head and "secret" not in head
+                assert "x-test: kept" in lowered and "connection: close" in lowered
+                await ep.write_message(answer, binary=True)
+                ep.close(1000, "")
+                reply = await asyncio.wait_for(request, 30)
+            assert reply.status_code == 200 and reply.text == "hello"
+            assert reply.headers["x-from"] == "endpoint"
+        finally:
+            ctrl.close()
+
+    asyncio.run(main())
+    # Once the bridge is gone: 503, saying why.
+    deadline = time.monotonic() + 15
+    while True:
+        status = httpx.get(dask_stack.service_url + path + "/status",
+                           headers={"Authorization": f"Bearer {dask_stack.token}"})
+        if status.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status.status_code == 503 and "no Dask bridge" in status.json()["message"]
