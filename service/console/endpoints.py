@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Response, redirect, request, url_for
 from fedcompute.protocol import dashboard_path
+from flask import Response, redirect, request, url_for
 
 from ..access import owned
 from ..context import fed

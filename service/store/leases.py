@@ -21,7 +21,7 @@ from fedcompute.protocol import packb, unpackb
 
 from . import keys
 from .scripts import Scripts
-from .wakeups import Wakeups
+from .wakeups import RECHECK, Wakeups
 
 #: Entries read (XCLAIM, XREADGROUP recover) or requeued per round trip.
 PAGE = 2000
@@ -119,8 +119,10 @@ class Leases:
                 return Leased()
             reply = lease_now(extra)
         else:
-            # A poll ends with tasks, or with tasks to stop.
-            reply = self.wakeups.poll(lambda: lease_now([]), keys.wake_queue(endpoint_id), wait)
+            # A poll ends with tasks, or with tasks to stop. No rechecks: the agent's next poll
+            # is one (idle agents are most of a large service's requests).
+            reply = self.wakeups.poll(lambda: lease_now([]), keys.wake_queue(endpoint_id), wait,
+                                      recheck=max(wait, RECHECK))
         tasks = reply[0] if reply else []
         if not tasks:
             return Leased([], cancels)

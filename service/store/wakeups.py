@@ -82,17 +82,26 @@ class Wakeups:
         for event in events:
             event.set()
 
-    def poll(self, read: Callable[[], Any], channel: str, wait: float) -> Any:
-        """``read()`` until it returns something, ``wait`` seconds are over or we stop."""
+    def poll(self, read: Callable[[], Any], channel: str, wait: float,
+             recheck: float = RECHECK) -> Any:
+        """``read()`` until it returns something, ``wait`` seconds are over or we stop.
+
+        It reads when it starts, when woken, and every ``recheck`` seconds; not at the end of
+        ``wait`` unless woken: nothing was published meanwhile, and the caller polls again
+        anyway. (With 10,000 idle agents each read is a Lua call: a read at the end and every
+        5 s were 4 of every 5 of the service's Redis calls.)"""
         deadline = time.monotonic() + wait
         with self.waiting(channel) as event:
-            while True:
-                reply = read()
+            reply = read()
+            while not reply and not self.stopping.is_set():
                 left = deadline - time.monotonic()
-                if reply or left <= 0 or self.stopping.is_set():
-                    return reply
-                event.wait(min(left, RECHECK))
+                if left <= 0:
+                    break
+                woken = event.wait(min(left, recheck))
                 event.clear()
+                if woken or left > recheck:
+                    reply = read()
+            return reply
 
     def _listen(self) -> None:
         backoff = Backoff(0.1, 5.0)
