@@ -73,6 +73,11 @@ class Ledger:
         with self.lock:
             return len(self._running)
 
+    def still_running(self, task_ids: Iterable[str]) -> set[str]:
+        """Those of ``task_ids`` that started and have not finished."""
+        with self.lock:
+            return {t for t in task_ids if t in self._running}
+
     def wait_for_room(self, capacity: int, timeout: float) -> int:
         """How many more tasks fit under ``capacity`` (waits up to ``timeout`` for room)."""
         with self.lock:

@@ -76,7 +76,8 @@ class StatusReporter:
         return self._versions
 
     def running(self, task_ids: list[str], host: str, pid: int) -> None:
-        """Tasks started on a worker: reported within ``RUNNING_EVERY`` seconds, batched."""
+        """Tasks started on a worker: reported within ``RUNNING_EVERY`` seconds, batched,
+        unless they finished by then."""
         self.ledger.started(task_ids)
         with self._lock:
             for task_id in task_ids:
@@ -90,6 +91,10 @@ class StatusReporter:
         while not self.stopping.wait(RUNNING_EVERY):
             with self._lock:
                 batch, self._running = self._running, {}
+            # A task that finished meanwhile has its result on the way, which says more:
+            # short tasks cost no state event at all.
+            running = self.ledger.still_running(batch)
+            batch = {t: w for t, w in batch.items() if t in running}
             if batch:
                 try:
                     self.api.mark("running", list(batch), batch)
