@@ -20,9 +20,9 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)  ## start the embedded stack, run the crystallography pipeline demo, stop everything
 	FEDCOMPUTE_HOME=$${FEDCOMPUTE_HOME:-$$HOME/.fedcompute} $(BIN)/fedcompute dev --run "$(BIN)/python -m fedcompute_ssx demo"
 
-test: $(STAMP)  ## lint, then the whole suite (real Valkey, Dask, Prefect, Airflow; Slurm if running)
+test: $(STAMP)  ## lint, then the whole suite in two lanes side by side (tests/lanes.py): real Valkey, Dask, Prefect, Airflow; Slurm if running
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -rs --durations=40 $(PYTEST_ARGS)
+	$(BIN)/python -m tests.lanes $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
