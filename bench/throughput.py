@@ -1,6 +1,7 @@
 """Throughput and latency of the federated path against raw Dask and Parsl, in one run.
 
     .venv/bin/python bench/throughput.py [--workers 2] [--runs 3] [--big 100000]
+                                         [--stream-output]
 
 Starts what it needs on 127.0.0.1 (the embedded stack with one endpoint, a Dask LocalCluster,
 a Parsl HighThroughputExecutor with a LocalProvider), all with the same number of worker
@@ -55,13 +56,16 @@ def latencies(submit_and_wait: Callable[[], None], n: int = 500) -> tuple[float,
 class Fed:
     name = "fedcompute"
 
+    stream_output = False
+
     def __init__(self, workers: int):
         from fedcompute import Executor
         from fedcompute.testing import LocalStack
 
         self.stack = LocalStack(Path(tempfile.mkdtemp(prefix="fedbench-")), workers=workers).up()
         self.client = self.stack.client()
-        self.ex = Executor(self.stack.endpoint_id, client=self.client)
+        self.ex = Executor(self.stack.endpoint_id, client=self.client,
+                           stream_output=self.stream_output)
         self.ex.submit(noop, 0).result()
 
     def throughput(self, fn, n: int) -> float:
@@ -109,6 +113,13 @@ class Fed:
     def close(self) -> None:
         self.ex.shutdown(wait=False)
         self.stack.down()
+
+
+class FedStreaming(Fed):
+    """The same, each task's output streamed live (``Executor(stream_output=True)``)."""
+
+    name = "fed+stream"
+    stream_output = True
 
 
 class RawDask:
@@ -195,6 +206,8 @@ def main() -> None:
     parser.add_argument("--big-runs", type=int, default=1)
     parser.add_argument("--latency-calls", type=int, default=500)
     parser.add_argument("--skip", nargs="*", default=[], help="Dask and/or Parsl")
+    parser.add_argument("--stream-output", action="store_true",
+                        help="also measure fedcompute with live output streamed")
     parser.add_argument("--sdk-memory", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sink", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,7 +216,8 @@ def main() -> None:
     w = args.workers
     rows: dict[str, dict[str, float]] = {}
 
-    systems = [Fed] + [c for c in (RawDask, Parsl) if c.name.split()[0] not in args.skip]
+    systems = [Fed] + [FedStreaming] * args.stream_output + [
+        c for c in (RawDask, Parsl) if c.name.split()[0] not in args.skip]
     for cls in systems:
         print(f"... {cls.name}", flush=True)
         system = cls(w)
@@ -216,7 +230,7 @@ def main() -> None:
             sleep_n = 100 * w * 5
             r["10ms eff %"] = 100 * median_of(
                 args.runs, lambda s=system, n=sleep_n: s.throughput(sleep10, n)) / (100 * w)
-            if isinstance(system, Fed):
+            if type(system) is Fed:
                 r["sdk MB/100k fut"] = system.sdk_memory(100_000)
                 accept = {b: median_of(args.runs, lambda b=b, s=system: s.accept_rate(b))
                           for b in (1, 10, 100, 1000, 5000)}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -115,6 +116,9 @@ class DaskBridge:
         self._ssl = ssl_context(verify) if ws_scheme == "wss" else None
         self.ping_interval = ping_interval
         self.dial_timeout = dial_timeout
+        if dashboard and importlib.util.find_spec("bokeh") is None:
+            log.warning("no Dask dashboard: bokeh is not installed at the endpoint")
+            dashboard = ""
         self.dashboard = dashboard
         self.dashboard_requests = 0
         self._bokeh: asyncio.Future | None = None
@@ -267,19 +271,23 @@ class DaskBridge:
         """Open the websocket for ``comm_id`` and join it to the scheduler's HTTP server."""
         if not self.dashboard or self._stopping:
             return  # the service asks only bridges that said they have one
-        sock = stream = None
         try:
-            await self._bokeh_started()
             sock = await websocket_connect(self._request(f"/v1/agent/dask/{comm_id}",
                                                          self.dial_timeout),
                                            max_message_size=MAX_MESSAGE_SIZE)
+        except (TimeoutError, OSError, StreamClosedError, WebSocketError, HTTPClientError) as exc:
+            self._log(f"dashboard dial {comm_id[:8]} failed: {exc}", logging.INFO)
+            return
+        try:
+            await self._bokeh_started()
             stream = await TCPClient().connect(*self._http_address(),
                                                timeout=self.dial_timeout)
-        except (TimeoutError, OSError, StreamClosedError, WebSocketError, WebSocketClosedError,
-                HTTPClientError, ImportError, RuntimeError) as exc:
-            self._log(f"dashboard dial {comm_id[:8]} failed: {exc}", logging.INFO)
-            if sock is not None:
-                sock.close(1011, "the endpoint's dashboard is not reachable")
+        except Exception as exc:  # noqa: BLE001 - the browser gets the reason, not a hang
+            self._log(f"dashboard not available: {exc!r}", logging.WARNING)
+            with suppress(WebSocketClosedError, StreamClosedError):
+                await sock.write_message(_http_error(
+                    f"the endpoint's Dask dashboard is not available: {exc!r}"), binary=True)
+            sock.close(1000, "")
             return
         self.dashboard_requests += 1
         await _join(sock, stream)
@@ -442,6 +450,12 @@ class DaskBridge:
         lines += [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} dask bridge: {text}"
                   for t, text in self._logs]
         return lines
+
+
+def _http_error(text: str) -> bytes:
+    body = text.encode()
+    return (b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
 
 
 async def _join(sock: Any, stream: IOStream) -> None:
