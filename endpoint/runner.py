@@ -78,9 +78,40 @@ OUTPUT_TOPIC = "fedcompute-output"
 LIVE_LIMIT = 1_000_000
 
 
+class _Flusher:
+    """One thread per process sends the pending output of every running task each
+    ``OUTPUT_EVERY`` seconds (a thread per task cost short tasks a third of their rate)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[LiveOutput] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, live: LiveOutput) -> None:
+        with self._lock:
+            self._live.add(live)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="fedcompute-output")
+                self._thread.start()
+
+    def discard(self, live: LiveOutput) -> None:
+        with self._lock:
+            self._live.discard(live)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(OUTPUT_EVERY)
+            with self._lock:
+                live = list(self._live)
+            for one in live:
+                one.flush()
+
+
 class LiveOutput:
     """A running task's output, sent in batches while it runs: ``send({"task_id", "seq",
-    "items": [[stream, text], ...]})`` from a timer thread, and once more at the end."""
+    "items": [[stream, text], ...]})`` by the process's flusher thread, and once more at the
+    end."""
 
     def __init__(self, task_id: str, send: Callable[[dict], None]):
         self.task_id = task_id
@@ -91,10 +122,9 @@ class LiveOutput:
         self._size = 0
         self._truncated = False
         self._lock = threading.Lock()
+        self._sending = threading.Lock()  # batches leave in the order of their seq
         self._closed = threading.Event()
-        self._timer = threading.Thread(target=self._every, daemon=True,
-                                       name="fedcompute-output")
-        self._timer.start()
+        _FLUSHER.add(self)
 
     def write(self, stream: str, text: str) -> None:
         if not text:
@@ -112,12 +142,12 @@ class LiveOutput:
                 self._pending.append([stream, text])
             self._size += len(text)
 
-    def _every(self) -> None:
-        while not self._closed.wait(OUTPUT_EVERY):
-            self.flush()
-
     def flush(self, final: bool = False) -> None:
         """Send one batch of what is pending; ``final``: all of it (in batches)."""
+        with self._sending:
+            self._flush(final)
+
+    def _flush(self, final: bool) -> None:
         while True:
             with self._lock:
                 items, left, size = [], [], 0
@@ -150,8 +180,11 @@ class LiveOutput:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._timer.join(1.0)
+        _FLUSHER.discard(self)
         self.flush(final=True)
+
+
+_FLUSHER = _Flusher()
 
 
 class _Stream(io.StringIO):

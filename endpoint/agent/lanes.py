@@ -172,8 +172,10 @@ class LanePool:
     def on_frame(self, lane: Lane, frame: dict) -> None:
         results = [TaskResult.from_wire(r) for r in frame.get("results") or ()]
         if frame.get("started"):
-            self.started([t for t, _ in frame["started"]], frame.get("host", ""),
-                         int(frame.get("pid") or 0))
+            done = {r.task_id for r in results}  # finished already: the result says more
+            started = [t for t, _ in frame["started"] if t not in done]
+            if started:
+                self.started(started, frame.get("host", ""), int(frame.get("pid") or 0))
         if frame.get("output"):  # before the results: a task's last lines come first
             self.output(frame["output"])
         if frame.get("seceded"):
