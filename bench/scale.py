@@ -5,7 +5,8 @@
 
 * **idle**: N endpoints connected and each holding its lease long-poll (as idle agents do),
   against a user's submit->result p50/p99 on another, real endpoint (100 sequential calls).
-  The idle agents run in a separate asyncio process speaking the agent API.
+  The idle agents run in a separate asyncio process speaking the agent API; the service runs
+  ``--idle-api-workers`` API processes (default 2: one per core of the machine measured).
 * **dask**: C ``Client(FederatedCluster(...))`` at once through the relay, each in a
   submit->result loop for 20 s: refusals, p50, p99.
 * **processes**: the same no-op map through a service with 1 and with 3 API processes:
@@ -367,8 +368,8 @@ def main() -> None:
     parser.add_argument("--dask-clients", type=int, default=200)
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--parts", default="idle,dask,processes")
-    parser.add_argument("--idle-api-workers", type=int, default=1,
-                        help="API processes of the service in the idle part")
+    parser.add_argument("--idle-api-workers", type=int, default=2,
+                        help="API processes of the service in the idle part (one per core)")
     parser.add_argument("--idle-agents", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.idle_agents:
