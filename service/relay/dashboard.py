@@ -25,7 +25,6 @@ from werkzeug.exceptions import (
     GatewayTimeout,
     NotFound,
     ServiceUnavailable,
-    TooManyRequests,
     Unauthorized,
 )
 from wsproto.events import BytesMessage
@@ -35,7 +34,7 @@ from ..auth import UserName, check_scope
 from ..console.session import same_origin, signed_in_user
 from ..scopes import READ
 from .peers import CLOSE_DIAL_FAILED, RawPeer, pump
-from .routes import _principal, _Upgraded, _usable_endpoint, bp, relay
+from .routes import _principal, _Upgraded, _usable_endpoint, bp, bridge_with_room, relay
 
 PREFIX = dashboard_path("<endpoint_id>")
 #: Request headers not passed on: the user's credentials, and what concerns this hop only.
@@ -94,16 +93,10 @@ def _relayed(endpoint_id: str, websocket: bool) -> Response:
         return viewer
     _usable_endpoint(endpoint_id, viewer)
     rel = relay()
-    control = rel.control(endpoint_id)
-    if control is None:
-        raise ServiceUnavailable(f"endpoint {endpoint_id} has no Dask bridge connected: it is "
-                                 "offline, starting, or runs without Dask access")
+    control = bridge_with_room(rel, endpoint_id, viewer)
     if not control.get("dashboard"):
         raise NotFound(f"endpoint {endpoint_id} does not show its Dask dashboard (its engine "
                        "sets dashboard: false)")
-    if rel.open_comms(user=viewer) >= rel.max_comms_per_user:
-        raise TooManyRequests(f"you have {rel.max_comms_per_user} relayed connections open "
-                              "(the limit); close dashboards and clients you no longer use")
     sock = request.environ.get("gunicorn.socket")
     if sock is None:
         raise ServiceUnavailable("this server cannot relay the dashboard (it runs under "

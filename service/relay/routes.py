@@ -72,6 +72,22 @@ def _usable_endpoint(endpoint_id: str, user: str) -> dict:
     return record
 
 
+def bridge_with_room(rel: Relay, endpoint_id: str, user: str) -> dict:
+    """The endpoint's connected bridge, if the relay has room for one more of ``user``'s
+    connections (else 503, or 429 at the per-user limit)."""
+    control = rel.control(endpoint_id)
+    if control is None:
+        raise ServiceUnavailable(f"endpoint {endpoint_id} has no Dask bridge connected: it is "
+                                 "offline, starting, or runs without Dask access")
+    if rel.open_comms(user=user) >= rel.max_comms_per_user:
+        raise TooManyRequests(f"you have {rel.max_comms_per_user} relayed connections open "
+                              "(the limit); close Dask clients and dashboards you no longer use")
+    if rel.open_comms() >= rel.max_comms:
+        raise ServiceUnavailable("the service's Dask relay is at its connection limit; "
+                                 "try again later")
+    return control
+
+
 class _Upgraded(Response):
     """The response after a websocket ended: nothing more to write (as flask-sock does)."""
 
@@ -104,16 +120,7 @@ def user_comm(endpoint_id: str) -> Response:
     user_name = _principal("user", scope=SUBMIT)
     _usable_endpoint(endpoint_id, user_name)
     rel = relay()
-    control = rel.control(endpoint_id)
-    if control is None:
-        raise ServiceUnavailable(f"endpoint {endpoint_id} has no Dask bridge connected: it is "
-                                 "offline, starting, or runs without Dask access")
-    if rel.open_comms(user=user_name) >= rel.max_comms_per_user:
-        raise TooManyRequests(f"you have {rel.max_comms_per_user} Dask connections open (the "
-                              "limit); close clients you no longer use")
-    if rel.open_comms() >= rel.max_comms:
-        raise ServiceUnavailable("the service's Dask relay is at its connection limit; "
-                                 "try again later")
+    control = bridge_with_room(rel, endpoint_id, user_name)
     pair = rel.new_pair(endpoint_id, control["session"], Peer.accept(request.environ), user_name)
     try:
         if not rel.dial(pair):
