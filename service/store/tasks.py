@@ -12,6 +12,7 @@ from fedcompute import errors, serialize
 from fedcompute.protocol import TaskResult, TaskSpec, packb, unpackb
 
 from . import keys
+from .cache import Cache
 from .records import text
 from .scripts import Scripts
 from .wakeups import Wakeups
@@ -20,6 +21,10 @@ TASK_FIELDS = ("state", "function", "endpoint", "group", "attempts", "completed"
                "stdout", "stderr", "owner", "worker")
 TIMESTAMP_STATES = ("received", "waiting-for-endpoint", "leased", "waiting-for-nodes", "running",
                     "success", "failed", "cancelled", "completed")
+#: How long a result poll woken only by state events waits for a result to answer with them:
+#: a state shows this much later in ``ComputeFuture.status()``, and a short task's events and
+#: result come in one answer instead of two.
+EVENT_HOLD = 0.025
 
 
 def _packed_or_empty(value: Any) -> bytes:
@@ -60,9 +65,11 @@ def expire_after(task_ttl: float, maintenance_interval: float) -> float:
 
 class Tasks:
     def __init__(self, client: redis.Redis, wakeups: Wakeups, scripts: Scripts,
-                 task_ttl: int, result_ttl: int, maintenance_interval: float = 5.0):
+                 task_ttl: int, result_ttl: int, maintenance_interval: float = 5.0,
+                 cache: Cache | None = None):
         self.redis = client
         self.wakeups = wakeups
+        self.cache = cache
         self.scripts = scripts
         self.task_ttl = task_ttl
         self.expire_after = expire_after(task_ttl, maintenance_interval)
@@ -85,6 +92,7 @@ class Tasks:
                   keys.user_groups(owner), *task_keys], args=argv)
         if dup == -1:
             raise PermissionError(error.decode())
+        self.wakeups.notify([keys.wake_queue(endpoint_id)])
         return int(dup)
 
     def get_tasks(self, task_ids: list[str]) -> list[dict | None]:
@@ -168,10 +176,11 @@ class Tasks:
             exc = r.exception.model_dump() if r.exception is not None else None
             argv += [r.task_id, r.status, r.result or b"", _packed_or_empty(exc),
                      r.stdout or "", r.stderr or "", r.timings.get("started", "")]
-        stored, dup = self.scripts.durably(
+        stored, dup, woken = self.scripts.durably(
             "results", keys=[keys.queue(endpoint_id), keys.endpoint(endpoint_id),
                              keys.endpoint_beats(), *(keys.task(r.task_id) for r in results)],
             args=argv)
+        self.wakeups.notify(c.decode() for c in woken)
         return int(stored), int(dup)
 
     def mark(self, endpoint_id: str, state: str, task_ids: list[str],
@@ -195,7 +204,14 @@ class Tasks:
         return text(pipe.execute()[-1]) == owner
 
     def group_owner(self, group: str) -> str | None:
-        return text(self.redis.hget(keys.group(group), "owner"))
+        key = keys.group(group)
+
+        def load() -> str | None:
+            return text(self.redis.hget(key, "owner"))
+
+        # A group's owner never changes (only the first submitter claims it): checked on
+        # every result poll, it is read once. A group not created yet is not remembered.
+        return self.cache.get(key, load) if self.cache is not None else load()
 
     def group_counts(self, group: str) -> dict[str, int]:
         """How many of the group's tasks are in each state (kept by the scripts as states
@@ -235,12 +251,26 @@ class Tasks:
         stream = keys.group_results(group)
         fields = [*TASK_FIELDS, *(f"t_{s}" for s in TIMESTAMP_STATES)]
 
-        def read() -> tuple | None:
-            # (Only events, and nobody wants them: this reads past them.)
-            reply = self.scripts.read_results(keys=[stream], args=[cursor, limit, *fields])
-            return reply if reply[1] or reply[2] or reply[3] else None
+        got: list = [cursor.encode(), [], [], []]  # everything read so far
 
-        reply = self.wakeups.poll(read, keys.wake_results(group), wait)
+        def read() -> list | None:
+            reply = self.scripts.read_results(
+                keys=[stream], args=[got[0], limit - len(got[2]), *fields])
+            if not (reply[1] or reply[2] or reply[3]):
+                return None
+            got[0] = reply[0]
+            for mine, more in zip(got[1:], reply[1:], strict=True):
+                mine.extend(more)
+            return got
+
+        def only_events(reply: list) -> bool:
+            # A poll woken by state events alone waits a little for a result to share its
+            # answer (a short task's "leased" and its result are a few ms apart). One that
+            # does not want events reads past them and waits on for records.
+            return not (reply[1] or reply[3]) and len(reply[2]) < limit
+
+        reply = self.wakeups.poll(read, keys.wake_results(group), wait, partial=only_events,
+                                  hold=EVENT_HOLD if with_events else wait)
         if not reply:
             return (cursor, [], [], []) if with_events else (cursor, [])
         last, rows, raw_events, raw_output = reply

@@ -9,6 +9,11 @@ nothing to read: 10,000 idle agents cost 10,000 events, not 10,000 Redis connect
 Nothing is lost if a wake-up is: a poll registers before it reads (so a wake-up between its
 read and its wait is kept), and reads again at least every ``RECHECK`` seconds anyway. When the
 pub/sub connection drops (Redis restarting, a failover), every poll is woken to read again.
+
+Two shortcuts on a task's way: a script run by this process wakes this process's polls at once
+(:meth:`Wakeups.notify`, without waiting for its own message to come back), and a message
+saying "state events only" (``e``) lets a result poll read them a moment later, with the result
+that usually follows (:meth:`Wakeups.poll`'s ``hold``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,10 +32,26 @@ from . import keys
 
 log = logging.getLogger(__name__)
 
+
 #: A waiting poll reads again at least this often, whatever it was told.
 RECHECK = 5.0
 
 Handler = Callable[[str, bytes], None]
+
+
+class Waiter:
+    """One poll's wait on a channel: ``event`` is set by every message; ``news`` stays False
+    while they all said "state events only" (``b"e"``)."""
+
+    __slots__ = ("event", "news")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.news = False
+
+    def wake(self, news: bool = True) -> None:
+        self.news = self.news or news
+        self.event.set()
 
 
 class Wakeups:
@@ -40,7 +61,7 @@ class Wakeups:
         self.redis = client
         self.stopping = stopping
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
         self._handlers: dict[str, Handler] = {}  # channel prefix -> handler(channel, data)
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
@@ -59,49 +80,84 @@ class Wakeups:
         self.start()
 
     @contextmanager
-    def waiting(self, channel: str) -> Iterator[threading.Event]:
-        """An event set whenever ``channel`` is published to, from now until the block ends."""
+    def waiting(self, channel: str) -> Iterator[Waiter]:
+        """Woken whenever ``channel`` is published to, from now until the block ends."""
         self.start()
-        event = threading.Event()
+        waiter = Waiter()
         with self._lock:
-            self._waiters.setdefault(channel, set()).add(event)
+            self._waiters.setdefault(channel, set()).add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
             with self._lock:
                 waiters = self._waiters.get(channel)
                 if waiters is not None:
-                    waiters.discard(event)
+                    waiters.discard(waiter)
                     if not waiters:
                         del self._waiters[channel]
+
+    def notify(self, channels: Iterable[str]) -> None:
+        """Wake this process's polls on ``channels`` now, then let them run: a script run
+        from here published to them, and its message would take a pub/sub round trip to come
+        back (the other processes' polls wake that way)."""
+        with self._lock:
+            woken = [w for c in channels for w in self._waiters.get(c, ())]
+        for waiter in woken:
+            waiter.wake()
+        if woken:
+            time.sleep(0)  # under gevent: the woken polls start reading before we answer
 
     def wake_all(self) -> None:
         """Wake every waiting poll (the process stops, or wake-ups may have been missed)."""
         with self._lock:
-            events = [e for waiters in self._waiters.values() for e in waiters]
-        for event in events:
-            event.set()
+            woken = [w for waiters in self._waiters.values() for w in waiters]
+        for waiter in woken:
+            waiter.wake()
 
     def poll(self, read: Callable[[], Any], channel: str, wait: float,
-             recheck: float = RECHECK) -> Any:
+             recheck: float = RECHECK, partial: Callable[[Any], bool] | None = None,
+             hold: float = 0.0) -> Any:
         """``read()`` until it returns something, ``wait`` seconds are over or we stop.
 
         It reads when it starts, when woken, and every ``recheck`` seconds; not at the end of
         ``wait`` unless woken: nothing was published meanwhile, and the caller polls again
         anyway. (With 10,000 idle agents each read is a Lua call: a read at the end and every
-        5 s were 4 of every 5 of the service's Redis calls.)"""
+        5 s were 4 of every 5 of the service's Redis calls.)
+
+        With ``partial``, a reply it calls incomplete (state events only) is kept for up to
+        ``hold`` seconds more while ``read()`` (which then answers with everything so far, or
+        nothing new) is given the chance of a complete one, and wake-ups saying "state events
+        only" are read at the end of the hold, together: a short task's events and its result
+        make one answer and one read, not three."""
         deadline = time.monotonic() + wait
-        with self.waiting(channel) as event:
+        held = None
+        unread = False  # state events announced and not read yet
+        holding = False
+        with self.waiting(channel) as waiter:
             reply = read()
-            while not reply and not self.stopping.is_set():
+            while not self.stopping.is_set():
+                if reply:
+                    if partial is None or not partial(reply):
+                        return reply
+                    held = reply
+                if (held or unread) and not holding:
+                    holding = True
+                    deadline = min(deadline, time.monotonic() + hold)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                woken = event.wait(min(left, recheck))
-                event.clear()
+                woken = waiter.event.wait(min(left, recheck))
+                waiter.event.clear()
+                news, waiter.news = waiter.news, False
+                if woken and partial is not None and not news:
+                    unread, reply = True, None
+                    continue
+                reply = None
                 if woken or left > recheck:
-                    reply = read()
-            return reply
+                    reply, unread = read(), False
+            if unread and not self.stopping.is_set():
+                reply = read()
+            return reply or held
 
     def _listen(self) -> None:
         backoff = Backoff(0.1, 5.0)
@@ -131,10 +187,11 @@ class Wakeups:
             backoff.wait(self.stopping)
 
     def _deliver(self, channel: str, data: bytes) -> None:
+        news = data != b"e"
         with self._lock:
-            events = list(self._waiters.get(channel, ()))
-        for event in events:
-            event.set()
+            waiters = list(self._waiters.get(channel, ()))
+        for waiter in waiters:
+            waiter.wake(news)
         for prefix, handler in list(self._handlers.items()):
             if channel.startswith(prefix):
                 try:

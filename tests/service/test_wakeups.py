@@ -55,3 +55,72 @@ def test_rechecks_while_waiting(listening):
                                   recheck=0.3) == "tasks"
     assert len(calls) == 3
     assert 0.25 <= calls[1] - calls[0] < 1.5
+
+
+def _reads(*replies):
+    """A read answering ``replies`` in turn (then nothing new), and when it was called."""
+    calls: list[float] = []
+    left = list(replies)
+
+    def read():
+        calls.append(time.monotonic())
+        return left.pop(0) if left else None
+
+    return read, calls
+
+
+def _partial(reply) -> bool:
+    return reply == "events"
+
+
+def test_state_events_alone_are_held_for_a_result(listening):
+    """A poll whose first read finds only state events waits up to ``hold`` for a result
+    and answers with both, in one reply."""
+    store = listening
+    channel = keys.wake_results("held")
+    read, calls = _reads("events", "events+result")
+    threading.Timer(0.2, lambda: store.redis.publish(channel, "")).start()
+    reply = store.wakeups.poll(read, channel, 10.0, partial=_partial, hold=2.0)
+    assert reply == "events+result"
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.15
+
+
+def test_held_state_events_come_back_at_the_end_of_the_hold(listening):
+    read, calls = _reads("events")
+    started = time.monotonic()
+    reply = listening.wakeups.poll(read, keys.wake_results("hold-ends"), 10.0,
+                                   partial=_partial, hold=0.3)
+    assert reply == "events"
+    assert 0.25 <= time.monotonic() - started < 2
+    assert len(calls) == 1
+
+
+def test_events_only_wake_ups_are_read_once_at_the_end_of_the_hold(listening):
+    """Wake-ups saying "state events only" (b"e") are not read one by one: the poll reads
+    them together when the hold ends; a wake-up with news is read at once."""
+    store = listening
+    channel = keys.wake_results("events-only")
+    read, calls = _reads(None, "events")
+    for delay in (0.1, 0.15, 0.2):
+        threading.Timer(delay, lambda: store.redis.publish(channel, "e")).start()
+    started = time.monotonic()
+    reply = store.wakeups.poll(read, channel, 10.0, partial=_partial, hold=0.5)
+    assert reply == "events"
+    assert len(calls) == 2  # at the start, and once for the three wake-ups
+    assert 0.5 <= time.monotonic() - started < 3
+
+    read, calls = _reads(None, "result")
+    threading.Timer(0.1, lambda: store.redis.publish(channel, "")).start()
+    started = time.monotonic()
+    assert store.wakeups.poll(read, channel, 10.0, partial=_partial, hold=5.0) == "result"
+    assert time.monotonic() - started < 2
+
+
+def test_a_local_notify_wakes_a_poll_without_pub_sub(listening):
+    store = listening
+    channel = keys.wake_results("local")
+    read, calls = _reads(None, "result")
+    threading.Timer(0.2, lambda: store.wakeups.notify([channel])).start()
+    started = time.monotonic()
+    assert store.wakeups.poll(read, channel, 10.0, recheck=10.0) == "result"
+    assert time.monotonic() - started < 2

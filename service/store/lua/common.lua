@@ -35,10 +35,24 @@ local function done(value, now)
       redis.call('XADD', results, '*', 'e', state, 'ids', table.concat(ids, ','),
         'at', now or '0')
     end
-    WAKES[key_for(KEY_TEMPLATES.wake_results, group)] = true
+    local channel = key_for(KEY_TEMPLATES.wake_results, group)
+    WAKES[channel] = WAKES[channel] or 'e'
   end
-  for channel in pairs(WAKES) do redis.call('PUBLISH', channel, '') end
+  -- 'e': only state events (a poll may leave them for a moment, see wakeups.py).
+  for channel, what in pairs(WAKES) do
+    redis.call('PUBLISH', channel, what == 'e' and 'e' or '')
+  end
   return value
+end
+
+-- The wake channels this script published to, for a caller that may hold the polls they wake
+-- (it wakes them at once, instead of after the pub/sub message's round trip).
+local function woken()
+  local out = {}
+  for channel, what in pairs(WAKES) do
+    if what ~= 'e' then table.insert(out, channel) end
+  end
+  return out
 end
 
 -- Acknowledge and delete a task's queue entry: the task no longer waits for an agent.
