@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -72,34 +73,52 @@ class Executor:
         self.known = set()
 
     def _run(self) -> None:
+        # A result is reported once the next task is on its way to the process (or none is
+        # queued): between two tasks the process waits for one pipe hop, not also for the
+        # frame to the agent.
+        unreported: list[TaskResult] = []
+
+        def report() -> None:
+            while unreported:
+                self.lane.done(unreported.pop())
+
+        try:  # at once, not at the first task: a cold endpoint's first map finds it ready
+            self._spawn()
+        except Exception as exc:  # noqa: BLE001 - tried again at the first task
+            log.warning("lane executor %d could not start: %s", self.index, exc)
+            self.proc = None
         while not self.lane.closed and not self.retiring:
-            task = self.lane.next_task()
+            task = self.lane.next_task(wait=not unreported)
             if task is None:
+                report()
                 continue
             with self._lock:  # from now on a stop finds it here, even while we spawn
                 self.task, self.stop_reason, self.sent = task, None, False
             try:
                 if self.proc is None or self.proc.poll() is not None:
                     self._spawn()
-                result = self._one(task)
+                result = self._one(task, report)
             except Exception as exc:  # noqa: BLE001 - the executor could not be started
                 log.warning("lane executor %d: %s", self.index, exc)
                 result = TaskResult.failure(task.task_id, exc)
                 self.proc = None
+            report()
             with self._lock:
                 self.task = None
-            self.lane.done(result)
+            unreported.append(result)
+        report()
         if self.retiring:
             self.lane.retire(self)
 
-    def _one(self, task: LeasedTask) -> TaskResult:
+    def _one(self, task: LeasedTask, sent: Callable[[], None]) -> TaskResult:
         body = None if task.function_id in self.known else self.lane.bodies[task.function_id]
         with self._lock:
             reason, self.sent = self.stop_reason, self.stop_reason is None
         if reason is not None:  # stopped before it could start
             return self._stopped(task, reason) or TaskResult.cancelled(task.task_id)
-        self.lane.started(task)
         self.frames.send([task.lane_wire(), body])
+        sent()
+        self.lane.started(task)  # after the last result: a later frame takes it along
         self.known.add(task.function_id)
         timer = None
         if task.walltime:
@@ -280,9 +299,9 @@ class LaneServer:
         if executor.proc is not None and executor.proc.poll() is None:
             executor.proc.wait()  # it exits on its own after the task
 
-    def next_task(self) -> LeasedTask | None:
+    def next_task(self, wait: bool = True) -> LeasedTask | None:
         with self._ready:
-            if not self._queue:
+            if not self._queue and wait:
                 self._ready.wait(1.0)
             return self._queue.popleft() if self._queue else None
 
