@@ -32,7 +32,6 @@ from . import keys
 
 log = logging.getLogger(__name__)
 
-
 #: A waiting poll reads again at least this often, whatever it was told.
 RECHECK = 5.0
 

@@ -5,8 +5,8 @@
 -- then 7 per result: task id, state (success|failed|cancelled), result, exception, stdout,
 -- stderr, when it started on its worker ('' if it did not).
 -- Results of a replaced session are good results too; the current session's are also its
--- sign of life. Returns {stored, duplicates, wake channels}: a duplicate is a task already final (a
--- redelivered task finished twice) or not this endpoint's.
+-- sign of life. Returns {stored, duplicates, wake channels}: a duplicate is a task already
+-- final (a redelivered task finished twice) or not this endpoint's.
 local queue, endpoint_key, beats = KEYS[1], KEYS[2], KEYS[3]
 local endpoint_id, now, ttl, session = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local FIRST, STRIDE, TASKS = 5, 7, 3
