@@ -9,7 +9,8 @@ this machine, via ``fedcompute.testing.LocalStack``) and a temporary Prefect ser
   result: the latency of one task, start to result.
 
 Runners: ``ThreadPoolTaskRunner`` (the task bodies run in threads of the flow's process),
-``FederatedTaskRunner`` (the Prefect engine stays in the flow, bodies run on the endpoint), and
+``FederatedTaskRunner`` (the Prefect engine stays in the flow, bodies run on the endpoint as Dask
+tasks), the same with ``fast_lane=True`` (bodies on the endpoint's fast lane), and
 ``FederatedTaskRunner(remote_engine=True)`` (the whole engine runs on the endpoint). Prints the
 median over ``--repeat`` rounds, in ms per task, and the ratios to ThreadPoolTaskRunner.
 
@@ -86,6 +87,8 @@ def main() -> None:
             runners = {
                 "ThreadPoolTaskRunner": ThreadPoolTaskRunner(),
                 "FederatedTaskRunner": FederatedTaskRunner(stack.endpoint_id, client=client),
+                "Federated, fast_lane": FederatedTaskRunner(stack.endpoint_id, client=client,
+                                                            fast_lane=True),
                 "Federated, remote_engine": FederatedTaskRunner(
                     stack.endpoint_id, client=client, remote_engine=True),
             }
@@ -110,14 +113,16 @@ def main() -> None:
     ]
     print()
     header = f"| {'scenario':<36} | " + " | ".join(f"{n:>24}" for n in runners) + \
-        " | fed/thread | remote-engine/thread |"
+        " | fed/thread | fast-lane/thread | remote-engine/thread |"
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
     for key, label in rows:
         cells = " | ".join(f"{med[(key, n)]:>24.2f}" for n in runners)
         ratio = med[(key, "FederatedTaskRunner")] / med[(key, base)]
+        ratio_fl = med[(key, "Federated, fast_lane")] / med[(key, base)]
         ratio_re = med[(key, "Federated, remote_engine")] / med[(key, base)]
-        print(f"| {label:<36} | {cells} | {ratio:>9.1f}x | {ratio_re:>19.1f}x |")
+        print(f"| {label:<36} | {cells} | {ratio:>9.1f}x | {ratio_fl:>15.1f}x | "
+              f"{ratio_re:>19.1f}x |")
     print(f"\nmedian of {args.repeat} rounds; endpoint: Dask LocalCluster with {args.workers} "
           f"workers on this machine ({os.cpu_count()} CPUs)")
 
