@@ -76,11 +76,13 @@ class Executor:
         # A result is reported once the next task is on its way to the process (or none is
         # queued): between two tasks the process waits for one pipe hop, not also for the
         # frame to the agent.
-        unreported: list[TaskResult] = []
+        unreported: TaskResult | None = None
 
         def report() -> None:
-            while unreported:
-                self.lane.done(unreported.pop())
+            nonlocal unreported
+            if unreported is not None:
+                self.lane.done(unreported)
+                unreported = None
 
         try:  # at once, not at the first task: a cold endpoint's first map finds it ready
             self._spawn()
@@ -88,7 +90,7 @@ class Executor:
             log.warning("lane executor %d could not start: %s", self.index, exc)
             self.proc = None
         while not self.lane.closed and not self.retiring:
-            task = self.lane.next_task(wait=not unreported)
+            task = self.lane.next_task(wait=unreported is None)
             if task is None:
                 report()
                 continue
@@ -105,7 +107,7 @@ class Executor:
             report()
             with self._lock:
                 self.task = None
-            unreported.append(result)
+            unreported = result
         report()
         if self.retiring:
             self.lane.retire(self)

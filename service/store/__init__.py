@@ -72,7 +72,8 @@ class Store:
         self.endpoints = Endpoints(self.redis, self.tokens, settings.heartbeat_timeout,
                                    self.cache)
         self.tasks = Tasks(self.redis, self.wakeups, scripts, settings.task_ttl,
-                           settings.result_ttl, settings.maintenance_interval, self.cache)
+                           settings.result_ttl, settings.maintenance_interval,
+                           cache=self.cache)
         self.leases = Leases(self.redis, self.wakeups, scripts, settings)
         self.upkeep = Maintenance(self.endpoints, self.leases, self.tasks,
                                   settings.heartbeat_timeout)

@@ -65,8 +65,8 @@ def expire_after(task_ttl: float, maintenance_interval: float) -> float:
 
 class Tasks:
     def __init__(self, client: redis.Redis, wakeups: Wakeups, scripts: Scripts,
-                 task_ttl: int, result_ttl: int, maintenance_interval: float = 5.0,
-                 cache: Cache | None = None):
+                 task_ttl: int, result_ttl: int, maintenance_interval: float = 5.0, *,
+                 cache: Cache):
         self.redis = client
         self.wakeups = wakeups
         self.cache = cache
@@ -211,7 +211,7 @@ class Tasks:
 
         # A group's owner never changes (only the first submitter claims it): checked on
         # every result poll, it is read once. A group not created yet is not remembered.
-        return self.cache.get(key, load) if self.cache is not None else load()
+        return self.cache.get(key, load)
 
     def group_counts(self, group: str) -> dict[str, int]:
         """How many of the group's tasks are in each state (kept by the scripts as states
