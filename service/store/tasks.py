@@ -253,9 +253,15 @@ class Tasks:
 
         got: list = [cursor.encode(), [], [], []]  # everything read so far
 
+        channel = keys.wake_results(group)
+
         def read() -> list | None:
-            reply = self.scripts.read_results(
-                keys=[stream], args=[got[0], limit - len(got[2]), *fields])
+            token = self.wakeups.arm(channel)
+            count = limit - len(got[2])
+            *reply, entries = self.scripts.read_results(keys=[stream],
+                                                        args=[got[0], count, *fields])
+            if int(entries) < count:  # the stream holds nothing more: the next poll knows
+                self.wakeups.settle(channel, token, reply[0].decode())
             if not (reply[1] or reply[2] or reply[3]):
                 return None
             got[0] = reply[0]
@@ -269,8 +275,9 @@ class Tasks:
             # does not want events reads past them and waits on for records.
             return not (reply[1] or reply[3]) and len(reply[2]) < limit
 
-        reply = self.wakeups.poll(read, keys.wake_results(group), wait, partial=only_events,
-                                  hold=EVENT_HOLD if with_events else wait)
+        reply = self.wakeups.poll(read, channel, wait, partial=only_events,
+                                  hold=EVENT_HOLD if with_events else wait,
+                                  skip_first=lambda: self.wakeups.quiet(channel, cursor))
         if not reply:
             return (cursor, [], [], []) if with_events else (cursor, [])
         last, rows, raw_events, raw_output = reply

@@ -13,7 +13,9 @@ pub/sub connection drops (Redis restarting, a failover), every poll is woken to 
 Two shortcuts on a task's way: a script run by this process wakes this process's polls at once
 (:meth:`Wakeups.notify`, without waiting for its own message to come back), and a message
 saying "state events only" (``e``) lets a result poll read them a moment later, with the result
-that usually follows (:meth:`Wakeups.poll`'s ``hold``).
+that usually follows (:meth:`Wakeups.poll`'s ``hold``). And a poll that resumes where the last
+one on its channel ended, with nothing published since, skips its first read
+(:meth:`Wakeups.settle`): a result poll costs one read, not two.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 RECHECK = 5.0
 
 Handler = Callable[[str, bytes], None]
+#: Result stream channels followed for :meth:`Wakeups.quiet` (the oldest forgotten first).
+QUIET_LIMIT = 50_000
 
 
 class Waiter:
@@ -62,6 +66,9 @@ class Wakeups:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Waiter]] = {}
         self._handlers: dict[str, Handler] = {}  # channel prefix -> handler(channel, data)
+        # result stream wake channel -> [the last entry its messages announced, the cursor a
+        # read found nothing past] (see arm(), settle()).
+        self._tracked: dict[str, list] = {}
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
 
@@ -95,6 +102,35 @@ class Wakeups:
                     if not waiters:
                         del self._waiters[channel]
 
+    def arm(self, channel: str) -> list | None:
+        """Before a read on ``channel`` (a result stream's): from now on, remember the last
+        entry its messages announce. The token for :meth:`settle` (None while not
+        listening: nothing can be known then)."""
+        if not self.connected.is_set():
+            return None
+        with self._lock:
+            track = self._tracked.get(channel)
+            if track is None:
+                track = self._tracked[channel] = [_ZERO, None]
+                _bound(self._tracked)
+            return track
+
+    def settle(self, channel: str, token: list | None, cursor: str) -> None:
+        """After a read armed with ``token`` found nothing past ``cursor``. Anything written
+        after the read announces an entry past ``cursor``, in a message that arrives here
+        after :meth:`arm`: until one does, a read from ``cursor`` would find nothing."""
+        with self._lock:
+            if token is not None and self._tracked.get(channel) is token:
+                token[1] = _entry(cursor)
+
+    def quiet(self, channel: str, cursor: str) -> bool:
+        """Nothing past ``cursor`` on ``channel`` (see :meth:`settle`): a read would find
+        nothing. Asked once the poll is waiting, so no message can fall in between."""
+        with self._lock:
+            track = self._tracked.get(channel)
+            return (track is not None and track[1] is not None
+                    and track[1] == _entry(cursor) and track[0] <= track[1])
+
     def notify(self, channels: Iterable[str]) -> None:
         """Wake this process's polls on ``channels`` now, then let them run: a script run
         from here published to them, and its message would take a pub/sub round trip to come
@@ -109,13 +145,14 @@ class Wakeups:
     def wake_all(self) -> None:
         """Wake every waiting poll (the process stops, or wake-ups may have been missed)."""
         with self._lock:
+            self._tracked.clear()
             woken = [w for waiters in self._waiters.values() for w in waiters]
         for waiter in woken:
             waiter.wake()
 
     def poll(self, read: Callable[[], Any], channel: str, wait: float,
              recheck: float = RECHECK, partial: Callable[[Any], bool] | None = None,
-             hold: float = 0.0) -> Any:
+             hold: float = 0.0, skip_first: Callable[[], bool] | None = None) -> Any:
         """``read()`` until it returns something, ``wait`` seconds are over or we stop.
 
         It reads when it starts, when woken, and every ``recheck`` seconds; not at the end of
@@ -127,13 +164,16 @@ class Wakeups:
         ``hold`` seconds more while ``read()`` (which then answers with everything so far, or
         nothing new) is given the chance of a complete one, and wake-ups saying "state events
         only" are read at the end of the hold, together: a short task's events and its result
-        make one answer and one read, not three."""
+        make one answer and one read, not three.
+
+        ``skip_first()`` True (asked once the poll is waiting): the first read would find
+        nothing (see :meth:`quiet`), so the poll only waits."""
         deadline = time.monotonic() + wait
         held = None
         unread = False  # state events announced and not read yet
         holding = False
         with self.waiting(channel) as waiter:
-            reply = read()
+            reply = None if skip_first is not None and skip_first() else read()
             while not self.stopping.is_set():
                 if reply:
                     if partial is None or not partial(reply):
@@ -186,8 +226,14 @@ class Wakeups:
             backoff.wait(self.stopping)
 
     def _deliver(self, channel: str, data: bytes) -> None:
-        news = data != b"e"
+        news = not data.startswith(b"e")
         with self._lock:
+            track = self._tracked.get(channel)
+            if track is not None:
+                try:
+                    track[0] = max(track[0], _entry((data[1:] if not news else data).decode()))
+                except ValueError:  # no entry named: anything may have been written
+                    del self._tracked[channel]
             waiters = list(self._waiters.get(channel, ()))
         for waiter in waiters:
             waiter.wake(news)
@@ -197,3 +243,17 @@ class Wakeups:
                     handler(channel, data)
                 except Exception:  # noqa: BLE001 - one bad handler must not stop the others
                     log.exception("wake-up handler for %s failed", prefix)
+
+
+_ZERO = (0, 0)
+
+
+def _entry(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``, or ``0``), comparable (ValueError if not one)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _bound(remembered: dict) -> None:
+    while len(remembered) > QUIET_LIMIT:
+        del remembered[next(iter(remembered))]

@@ -124,3 +124,66 @@ def test_a_local_notify_wakes_a_poll_without_pub_sub(listening):
     started = time.monotonic()
     assert store.wakeups.poll(read, channel, 10.0, recheck=10.0) == "result"
     assert time.monotonic() - started < 2
+
+
+def test_quiet_after_a_cursor_until_a_message_announces_a_later_entry(listening):
+    """A read that found nothing past a cursor: quiet until a message names a later entry
+    (the echo of an entry already read changes nothing; a message naming none forgets)."""
+    wakeups, publish = listening.wakeups, listening.redis.publish
+    channel = keys.wake_results("quiet")
+    token = wakeups.arm(channel)
+    publish(channel, "e5-0")  # written while the read was in flight: the read saw it
+    wakeups.settle(channel, token, "5-0")
+    time.sleep(0.2)
+    assert wakeups.quiet(channel, "5-0") and not wakeups.quiet(channel, "4-0")
+    publish(channel, "6-0")
+    _until(lambda: not wakeups.quiet(channel, "5-0"))
+    wakeups.settle(channel, wakeups.arm(channel), "6-0")
+    assert wakeups.quiet(channel, "6-0")
+    publish(channel, "")  # names no entry: anything may have been written
+    _until(lambda: not wakeups.quiet(channel, "6-0"))
+    wakeups.settle(channel, token, "6-0")  # armed before it forgot: not taken
+    assert not wakeups.quiet(channel, "6-0")
+    wakeups.settle(channel, wakeups.arm(channel), "6-0")
+    wakeups.wake_all()  # the listener reconnected: anything may have been missed
+    assert not wakeups.quiet(channel, "6-0")
+
+
+def test_a_result_poll_resuming_where_the_last_ended_skips_its_first_read(listening):
+    """A result poll that drained its stream lets the next one, from its cursor, only wait;
+    what is written after wakes it, and it reads then."""
+    store = listening
+    group = "g-quiet"
+    stream, channel = keys.group_results(group), keys.wake_results(group)
+    calls = []
+    read_script = store.tasks.scripts.read_results
+
+    def counted(*args, **kwargs):
+        calls.append(time.monotonic())
+        return read_script(*args, **kwargs)
+
+    store.tasks.scripts.read_results = counted
+    store.redis.xadd(stream, {"e": "running", "ids": "t1", "at": "1"})
+    cursor, records, events, _ = store.read_results(group, "0", 0.2, 10, with_events=True)
+    assert [e["task_ids"] for e in events] == [["t1"]] and len(calls) == 1
+    started = time.monotonic()
+    assert store.read_results(group, cursor, 0.3, 10, with_events=True) == (cursor, [], [], [])
+    assert time.monotonic() - started >= 0.25 and len(calls) == 1  # no read at all
+
+    def write() -> None:  # as the scripts do: the message names the entry
+        entry = store.redis.xadd(stream, {"e": "running", "ids": "t2", "at": "2"})
+        store.redis.publish(channel, b"e" + entry)
+
+    threading.Timer(0.2, write).start()
+    later, _, events, _ = store.read_results(group, cursor, 5.0, 10, with_events=True)
+    assert [e["task_ids"] for e in events] == [["t2"]] and later != cursor
+    assert len(calls) == 2
+    # Another cursor (an SDK retrying an older one) is read as before.
+    assert len(store.read_results(group, "0", 0.1, 10, with_events=True)[2]) == 2
+
+
+def _until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

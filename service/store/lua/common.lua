@@ -16,6 +16,9 @@ local WAKES = {}
 local function wake(template, id)
   WAKES[key_for(template, id)] = true
 end
+-- A result stream's wake channel -> the last entry this script wrote there: the message says
+-- it, so a poll that read past it knows the message brings nothing new.
+local WROTE = {}
 
 -- State events for the submitters' result streams: one entry per group and state per script
 -- run (however many tasks), read by the SDK's one long-poll (ComputeFuture.status()).
@@ -31,16 +34,17 @@ end
 local function done(value, now)
   for group, states in pairs(EVENTS) do
     local results = key_for(KEY_TEMPLATES.group_results, group)
-    for state, ids in pairs(states) do
-      redis.call('XADD', results, '*', 'e', state, 'ids', table.concat(ids, ','),
-        'at', now or '0')
-    end
     local channel = key_for(KEY_TEMPLATES.wake_results, group)
+    for state, ids in pairs(states) do
+      WROTE[channel] = redis.call('XADD', results, '*', 'e', state, 'ids',
+        table.concat(ids, ','), 'at', now or '0')
+    end
     WAKES[channel] = WAKES[channel] or 'e'
   end
-  -- 'e': only state events (a poll may leave them for a moment, see wakeups.py).
+  -- 'e': only state events (a poll may leave them for a moment, see wakeups.py), then the
+  -- last entry written.
   for channel, what in pairs(WAKES) do
-    redis.call('PUBLISH', channel, what == 'e' and 'e' or '')
+    redis.call('PUBLISH', channel, (what == 'e' and 'e' or '') .. (WROTE[channel] or ''))
   end
   return value
 end
@@ -94,9 +98,10 @@ local function finish(task_key, task_id, ttl, now)
   redis.call('HDEL', task_key, 'payload', 'session')
   redis.call('EXPIRE', task_key, ttl)
   local results = key_for(KEY_TEMPLATES.group_results, group)
-  redis.call('XADD', results, '*', 't', task_id)
+  local channel = key_for(KEY_TEMPLATES.wake_results, group)
+  WROTE[channel] = redis.call('XADD', results, '*', 't', task_id)
   redis.call('EXPIRE', results, ttl)
-  wake(KEY_TEMPLATES.wake_results, group)
+  WAKES[channel] = true
 end
 
 -- A task whose cancellation was asked for while an agent held it, and that comes back

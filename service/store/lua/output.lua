@@ -23,8 +23,8 @@ for i = 1, #KEYS do
           '\n[fedcompute: live output cut at ' .. limit .. ' bytes]\n'
       end
       used = used + #text
-      redis.call('XADD', results, '*', 'o', task_id, 'seq', seq, 's', stream, 'x', text,
-        'at', now)
+      WROTE[key_for(KEY_TEMPLATES.wake_results, f[3])] = redis.call(
+        'XADD', results, '*', 'o', task_id, 'seq', seq, 's', stream, 'x', text, 'at', now)
       if used >= limit then break end
     end
     redis.call('HSET', KEYS[i], 'out_bytes', used)

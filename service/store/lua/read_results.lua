@@ -4,11 +4,12 @@
 -- ARGV[1] cursor (the last entry id read), ARGV[2] most entries, then the task hash fields
 -- to return.
 -- Returns {last entry id, {{task id, field values...}, ...}, {{state, ids, at}, ...},
--- {{task id, seq, stream, text, at}, ...}}.
+-- {{task id, seq, stream, text, at}, ...}, entries read}: fewer entries than asked for means
+-- the stream held nothing more.
 local stream, cursor, count = KEYS[1], ARGV[1], ARGV[2]
 local FIELDS = 3
 local read = redis.call('XREAD', 'COUNT', count, 'STREAMS', stream, cursor)
-if not read then return {cursor, {}, {}, {}} end
+if not read then return {cursor, {}, {}, {}, 0} end
 local fields = {}
 for a = FIELDS, #ARGV do table.insert(fields, ARGV[a]) end
 local out, events, output, last = {}, {}, {}, cursor
@@ -27,4 +28,4 @@ for _, item in ipairs(read[1][2]) do
       entry.at or '0'})
   end
 end
-return {last, out, events, output}
+return {last, out, events, output, #read[1][2]}
