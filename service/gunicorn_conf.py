@@ -6,6 +6,7 @@
   leasing tasks, SDKs waiting for results) would hold it for up to their 20-30 s wait. Here
   they return as soon as the worker starts stopping: their clients simply poll again.
 * Each worker process starts its relay hop listener (see ``relay/hop.py``).
+* Responses go out head and body in one write (``http_response.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ worker_connections = 20000
 graceful_timeout = 10
 keepalive = 75
 limit_request_field_size = 16384
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    from fedcompute.service import http_response
+
+    http_response.install()
 
 
 def post_worker_init(worker: Any) -> None:
