@@ -4,7 +4,8 @@
 
 Starts the embedded stack (one endpoint, 2 workers), maps ``--tasks`` no-op tasks through it
 and prints, per process kind (SDK, API, Valkey, RQ, agent, Dask workers, lane executors), the
-CPU time it used divided by the number of tasks. With ``--py-spy`` it also records each
+CPU time it used divided by the number of tasks, then the Valkey commands per task (``INFO
+commandstats``: the scripts' own ``redis.call``s are counted one by one). With ``--py-spy`` it also records each
 process's hottest functions (py-spy, ``--nonblocking``) and prints the top 8 of each.
 """
 
@@ -56,6 +57,21 @@ def cpu(procs: list[psutil.Process]) -> float:
     return total
 
 
+def valkey(stack):
+    """A connection to the stack's Valkey (its URL is in the service's state file)."""
+    import json
+
+    from fedcompute.service.store.connection import connect
+
+    state = json.loads((stack.home / "service" / "service.json").read_text())
+    return connect(state["redis_url"])
+
+
+def command_counts(redis) -> collections.Counter:
+    return collections.Counter({name.removeprefix("cmdstat_"): int(stats["calls"])
+                                for name, stats in redis.info("commandstats").items()})
+
+
 def spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     return subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record",
                              "--nonblocking", "-d", str(int(seconds)), "-r", "200", "-f", "raw",
@@ -89,6 +105,8 @@ def main() -> None:
         for f in [ex.submit(noop, i) for i in range(2000)]:  # warm: workers, lanes, caches
             f.result()
         groups = kinds(stack)
+        redis = valkey(stack)
+        commands = command_counts(redis)
         before = {k: cpu(v) for k, v in groups.items()}
         spies = []
         if args.py_spy:
@@ -109,6 +127,11 @@ def main() -> None:
             total += per
             print(f"{kind:<16} {per:12.0f}")
         print(f"{'total':<16} {total:12.0f}")
+        commands = command_counts(redis) - commands
+        print(f"\n{'Valkey command':<16} {'per task':>12}")
+        for name, calls in commands.most_common(16):
+            print(f"{name:<16} {calls / args.tasks:12.2f}")
+        print(f"{'total':<16} {commands.total() / args.tasks:12.2f}")
         for kind, path, proc in spies:
             proc.wait(60)
             if path.exists():

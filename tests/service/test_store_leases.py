@@ -258,3 +258,34 @@ def test_cancelling_a_leased_task_tells_its_agent_at_the_next_lease(store, endpo
     # handed back unfinished (a graceful stop), it ends cancelled instead of queueing again
     store.release(endpoint, "session-a", ids)
     assert _states(store, ids) == ["cancelled", "waiting-for-endpoint", "waiting-for-endpoint"]
+
+
+def test_a_batch_naming_a_task_twice_stores_it_once(store, endpoint):
+    batch = tasks(2)
+    group = "00000000-0000-4000-8000-00000000000c"
+    assert store.submit("alice", endpoint, group, [*batch, batch[0]]) == 1
+    assert store.group_counts(group) == {"waiting-for-endpoint": 2}
+    store.connect_agent(endpoint, "session-a", {})
+    assert len(store.lease(endpoint, "session-a", 10, 0)) == 2
+
+
+def test_big_batches_and_the_commands_a_task_costs(store, endpoint):
+    """Scripts gather per-task writes (counts, queue entries, indexes) into one command each:
+    a task submitted, leased, finished and read costs about a dozen Valkey commands, and
+    batches longer than a Lua ``unpack`` takes go through whole."""
+    n = 2500
+    ids, group = _submit(store, endpoint, n, group="00000000-0000-4000-8000-00000000000d")
+    store.connect_agent(endpoint, "session-a", {})
+    store.redis.config_resetstat()
+    leased = store.lease(endpoint, "session-a", n, 0)
+    assert len(leased) == n and store.group_counts(group) == {"leased": n}
+    assert store.store_results(endpoint, [_ok(t) for t in ids], "session-a") == (n, 0)
+    cursor, page = store.read_results(group, "0", 0, n + 10)  # and the "leased" event
+    assert len(page) == n and store.group_counts(group) == {"success": n}
+    assert store.endpoint_counts(endpoint) == (0, 0)  # every queue entry is gone
+    assert store.redis.zcard(keys.endings()) == 0
+    calls = {name.removeprefix("cmdstat_"): int(stats["calls"])
+             for name, stats in store.redis.info("commandstats").items()}
+    per_task = sum(v for k, v in calls.items() if k not in ("evalsha", "info")) / n
+    # lease 2 (HMGET, HSET), results 5, read 1, plus each script's few batched writes
+    assert per_task < 8.5, calls

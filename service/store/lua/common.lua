@@ -30,8 +30,47 @@ local function state_event(group, state, task_id)
   table.insert(EVENTS[group][state], task_id)
 end
 
--- End a script: write its state events, publish its wake-ups, return `value`.
+-- Writes a script gathers over its tasks and makes once each when it ends (``done``):
+-- group counts by state (group -> state -> change), queue entries to drop (queue -> ids), ids
+-- to take off the endings index, result streams whose expiry to renew (stream -> ttl).
+local COUNTS, DROPS, ENDED, RENEW = {}, {}, {}, {}
+
+-- Lua's `unpack` takes a few thousand values at most: longer lists go in parts (of an even
+-- length: ZADD's score-member pairs stay whole).
+local PART = 1000
+local function in_parts(command, key, list, group)
+  for first = 1, #list, PART do
+    local last = math.min(first + PART - 1, #list)
+    if group then
+      redis.call(command, key, group, unpack(list, first, last))
+    else
+      redis.call(command, key, unpack(list, first, last))
+    end
+  end
+end
+
+-- Write the group counts gathered so far (``done`` does; a script that sets the counts'
+-- expiry does first, so the hash exists when it does).
+local function write_counts()
+  for group, changes in pairs(COUNTS) do
+    local counts = key_for(KEY_TEMPLATES.group_counts, group)
+    for state, change in pairs(changes) do
+      if change ~= 0 then redis.call('HINCRBY', counts, state, change) end
+    end
+  end
+  COUNTS = {}
+end
+
+-- End a script: make its gathered writes, write its state events, publish its wake-ups,
+-- return `value`.
 local function done(value, now)
+  write_counts()
+  for queue, entries in pairs(DROPS) do
+    in_parts('XACK', queue, entries, CONSUMER_GROUP)
+    in_parts('XDEL', queue, entries)
+  end
+  if #ENDED > 0 then in_parts('ZREM', KEY_TEMPLATES.endings, ENDED) end
+  for stream, ttl in pairs(RENEW) do redis.call('EXPIRE', stream, ttl) end
   for group, states in pairs(EVENTS) do
     local results = key_for(KEY_TEMPLATES.group_results, group)
     local channel = key_for(KEY_TEMPLATES.wake_results, group)
@@ -59,24 +98,45 @@ local function woken()
   return out
 end
 
--- Acknowledge and delete a task's queue entry: the task no longer waits for an agent.
+-- Acknowledge and delete a task's queue entry (when the script ends): the task no longer
+-- waits for an agent.
 local function drop_entry(queue, entry)
   if entry and entry ~= '' then
-    redis.call('XACK', queue, CONSUMER_GROUP, entry)
-    redis.call('XDEL', queue, entry)
+    DROPS[queue] = DROPS[queue] or {}
+    table.insert(DROPS[queue], entry)
   end
 end
 
--- Every state change goes through here, so that each state has its timestamp and the task
--- group's counts by state stay right.
-local function set_state(task_key, state, now)
-  local f = redis.call('HMGET', task_key, 'state', 'group')
-  redis.call('HSET', task_key, 'state', state, 't_' .. state, now)
-  if f[2] then
-    local counts = key_for(KEY_TEMPLATES.group_counts, f[2])
-    if f[1] then redis.call('HINCRBY', counts, f[1], -1) end
-    redis.call('HINCRBY', counts, state, 1)
+-- A task of `group` goes from state `old` (false: it had none) to `state`: its group's counts
+-- change when the script ends.
+local function count(group, old, state)
+  if not group then return end
+  local changes = COUNTS[group] or {}
+  COUNTS[group] = changes
+  if old then changes[old] = (changes[old] or 0) - 1 end
+  changes[state] = (changes[state] or 0) + 1
+end
+
+-- The fields a change to `state` writes, appended to `fields` (for the caller's one HSET).
+local function state_fields(fields, state, now)
+  table.insert(fields, 'state')
+  table.insert(fields, state)
+  table.insert(fields, 't_' .. state)
+  table.insert(fields, now)
+  return fields
+end
+
+-- Every state change goes through here (or through `count` and `state_fields`, by a script
+-- that read the task's state and group already), so that each state has its timestamp and
+-- the task group's counts by state stay right. `old` and `group`: as the caller read them
+-- (nil: read here).
+local function set_state(task_key, state, now, old, group)
+  if old == nil then
+    local f = redis.call('HMGET', task_key, 'state', 'group')
+    old, group = f[1], f[2]
   end
+  redis.call('HSET', task_key, unpack(state_fields({}, state, now)))
+  count(group, old, state)
 end
 
 -- Put a task back on its endpoint's queue (a new entry): it waits for an agent again.
@@ -89,26 +149,37 @@ local function requeue(task_key, task_id, queue, now)
 end
 
 -- A task reached a final state: drop its inputs, keep the record for `ttl` seconds and tell
--- the submitter through the group's result stream.
-local function finish(task_key, task_id, ttl, now)
-  redis.call('HDEL', task_key, 'cancel')
-  redis.call('ZREM', KEY_TEMPLATES.endings, task_id)
-  local group = redis.call('HGET', task_key, 'group')
-  redis.call('HSET', task_key, 'completed', '1', 't_completed', now)
-  redis.call('HDEL', task_key, 'payload', 'session')
+-- the submitter through the group's result stream. `group`: as the caller read it (nil: read
+-- here); `fields`: more fields to write with the record's (its state's, its result's).
+local function finish(task_key, task_id, ttl, now, group, fields)
+  group = group or redis.call('HGET', task_key, 'group')
+  fields = fields or {}
+  table.insert(fields, 'completed')
+  table.insert(fields, '1')
+  table.insert(fields, 't_completed')
+  table.insert(fields, now)
+  redis.call('HSET', task_key, unpack(fields))
+  redis.call('HDEL', task_key, 'cancel', 'payload', 'session')
   redis.call('EXPIRE', task_key, ttl)
+  table.insert(ENDED, task_id)
   local results = key_for(KEY_TEMPLATES.group_results, group)
   local channel = key_for(KEY_TEMPLATES.wake_results, group)
   WROTE[channel] = redis.call('XADD', results, '*', 't', task_id)
-  redis.call('EXPIRE', results, ttl)
+  RENEW[results] = ttl
   WAKES[channel] = true
 end
 
 -- A task whose cancellation was asked for while an agent held it, and that comes back
--- unfinished (handed back, reclaimed): it ends here, cancelled. True if it was.
-local function cancelled_on_return(task_key, task_id, ttl, now)
-  if redis.call('HGET', task_key, 'cancel') ~= '1' then return false end
-  set_state(task_key, 'cancelled', now)
-  finish(task_key, task_id, ttl, now)
+-- unfinished (handed back, reclaimed): it ends here, cancelled. True if it was. `cancel`,
+-- `old`, `group`: its fields as the caller read them (nil: read here).
+local function cancelled_on_return(task_key, task_id, ttl, now, cancel, old, group)
+  if cancel == nil then cancel = redis.call('HGET', task_key, 'cancel') end
+  if cancel ~= '1' then return false end
+  if old == nil then
+    local f = redis.call('HMGET', task_key, 'state', 'group')
+    old, group = f[1], f[2]
+  end
+  count(group, old, 'cancelled')
+  finish(task_key, task_id, ttl, now, group, state_fields({}, 'cancelled', now))
   return true
 end

@@ -51,20 +51,22 @@ local out = {}
 for _, e in ipairs(entries) do
   local entry, task_id = e[1], e[2]
   local task_key = key_for(KEY_TEMPLATES.task, task_id)
-  local state = redis.call('HGET', task_key, 'state')
-  if (not state) or is_final(state) or redis.call('HGET', task_key, 'entry') ~= entry then
+  local f = redis.call('HMGET', task_key, 'state', 'entry', 'cancel', 'group', 'function',
+    'payload', 'resources', 'options', 'attempts', 'owner')
+  local state, group = f[1], f[4]
+  if (not state) or is_final(state) or f[2] ~= entry then
     drop_entry(queue, entry)  -- expired, finished or cancelled, or an outdated entry
-  elseif cancelled_on_return(task_key, task_id, ttl_result, now) then
+  elseif cancelled_on_return(task_key, task_id, ttl_result, now, f[3], state, group) then
     drop_entry(queue, entry)
   else
-    local f = redis.call('HMGET', task_key, 'function', 'payload', 'resources', 'options',
-      'attempts', 'owner', 'group')
+    local fields = {'session', session}
     if state ~= 'running' and state ~= 'waiting-for-nodes' and state ~= 'leased' then
-      set_state(task_key, 'leased', now)
-      state_event(f[7], 'leased', task_id)
+      state_fields(fields, 'leased', now)
+      count(group, state, 'leased')
+      state_event(group, 'leased', task_id)
     end
-    redis.call('HSET', task_key, 'session', session)
-    table.insert(out, {task_id, f[1], f[2], f[3], f[4], f[5], f[6]})
+    redis.call('HSET', task_key, unpack(fields))
+    table.insert(out, {task_id, f[5], f[6], f[7], f[8], f[9], f[10]})
   end
 end
 local stop = redis.call('SMEMBERS', cancels)

@@ -12,9 +12,14 @@ for i = 1, #KEYS do
   local f = redis.call('HMGET', KEYS[i], 'state', 'endpoint', 'group')
   local held = f[1] == 'leased' or f[1] == 'running' or f[1] == 'waiting-for-nodes'
   if f[2] == endpoint_id and held and f[1] ~= state then
-    set_state(KEYS[i], state, now)
+    local fields = state_fields({}, state, now)
     local worker = ARGV[FIRST + i - 1]
-    if worker and worker ~= '' then redis.call('HSET', KEYS[i], 'worker', worker) end
+    if worker and worker ~= '' then
+      table.insert(fields, 'worker')
+      table.insert(fields, worker)
+    end
+    redis.call('HSET', KEYS[i], unpack(fields))
+    count(f[3], f[1], state)
     state_event(f[3], state, string.match(KEYS[i], '[^:]+$'))
     changed = changed + 1
   end

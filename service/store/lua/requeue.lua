@@ -15,11 +15,11 @@ local requeued, failed = 0, 0
 for i = 1, #KEYS - 1 do
   local task_key, a = KEYS[1 + i], FIRST + (i - 1) * STRIDE
   local entry, task_id = ARGV[a], ARGV[a + 1]
-  local f = redis.call('HMGET', task_key, 'state', 'entry')
+  local f = redis.call('HMGET', task_key, 'state', 'entry', 'cancel', 'group', 'attempts')
   drop_entry(queue, entry)
   if f[1] and not is_final(f[1]) and f[2] == entry
-      and not cancelled_on_return(task_key, task_id, ttl, now) then
-    local attempts = tonumber(redis.call('HGET', task_key, 'attempts') or '0')
+      and not cancelled_on_return(task_key, task_id, ttl, now, f[3], f[1], f[4]) then
+    local attempts = tonumber(f[5] or '0')
     if count_attempt then attempts = redis.call('HINCRBY', task_key, 'attempts', 1) end
     if attempts >= max_attempts then
       redis.call('HSET', task_key, 'exc', lost)

@@ -20,19 +20,20 @@ local stored, duplicates = 0, 0
 for i = 1, #KEYS - TASKS do
   local task_key, a = KEYS[TASKS + i], FIRST + (i - 1) * STRIDE
   local task_id, state = ARGV[a], ARGV[a + 1]
-  local f = redis.call('HMGET', task_key, 'state', 'endpoint', 'entry')
+  local f = redis.call('HMGET', task_key, 'state', 'endpoint', 'entry', 'group', 't_running')
   if (not f[1]) or f[2] ~= endpoint_id or is_final(f[1]) then
     duplicates = duplicates + 1
   else
-    redis.call('HSET', task_key, 'result', ARGV[a + 2], 'exc', ARGV[a + 3],
-      'stdout', ARGV[a + 4], 'stderr', ARGV[a + 5])
+    local fields = {'result', ARGV[a + 2], 'exc', ARGV[a + 3], 'stdout', ARGV[a + 4],
+      'stderr', ARGV[a + 5]}
     -- A task that ran before its "running" report arrived still has its start time.
-    if ARGV[a + 6] ~= '' and not redis.call('HGET', task_key, 't_running') then
-      redis.call('HSET', task_key, 't_running', ARGV[a + 6])
+    if ARGV[a + 6] ~= '' and not f[5] then
+      table.insert(fields, 't_running')
+      table.insert(fields, ARGV[a + 6])
     end
-    set_state(task_key, state, now)
+    count(f[4], f[1], state)
     drop_entry(queue, f[3])
-    finish(task_key, task_id, ttl, now)
+    finish(task_key, task_id, ttl, now, f[4], state_fields(fields, state, now))
     stored = stored + 1
   end
 end

@@ -15,37 +15,45 @@ local FIRST, STRIDE = 7, 6
 
 local group_owner = redis.call('HGET', group_key, 'owner')
 if group_owner and group_owner ~= owner then return {-1, 'task group belongs to another user'} end
+local exists = {}  -- task key -> true: a resent task (the first copy stands)
 for i = 1, #KEYS - TASKS do
   local task_owner = redis.call('HGET', KEYS[TASKS + i], 'owner')
   if task_owner and task_owner ~= owner then
     return {-1, 'task id ' .. ARGV[FIRST + (i - 1) * STRIDE] .. ' is taken'}
   end
+  if task_owner then exists[KEYS[TASKS + i]] = true end
 end
 
-local duplicates = 0
+local duplicates, endings, new_ids = 0, {}, {}
 for i = 1, #KEYS - TASKS do
   local task_key, a = KEYS[TASKS + i], FIRST + (i - 1) * STRIDE
   local task_id, function_id, payload, resources, options, deadline =
     ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  if redis.call('EXISTS', task_key) == 1 then
-    duplicates = duplicates + 1  -- a resent batch: the first copy stands
+  if exists[task_key] then
+    duplicates = duplicates + 1
   else
+    exists[task_key] = true  -- a batch naming it twice: the second is a duplicate
     local entry = redis.call('XADD', queue, '*', 't', task_id)
-    redis.call('HSET', task_key, 'owner', owner, 'endpoint', endpoint_id,
-      'function', function_id, 'group', group_id, 'payload', payload,
-      'resources', resources, 'options', options, 'attempts', '0', 'entry', entry,
-      't_received', now)
-    set_state(task_key, 'waiting-for-endpoint', now)
-    redis.call('EXPIRE', task_key, ttl)
+    local fields = {'owner', owner, 'endpoint', endpoint_id, 'function', function_id,
+      'group', group_id, 'payload', payload, 'resources', resources, 'options', options,
+      'attempts', '0', 'entry', entry, 't_received', now}
     local ending = tonumber(now) + expire_after
     if deadline ~= '' then
-      redis.call('HSET', task_key, 'deadline', deadline)
+      table.insert(fields, 'deadline')
+      table.insert(fields, deadline)
       ending = math.min(ending, tonumber(deadline))
     end
-    redis.call('ZADD', KEY_TEMPLATES.endings, ending, task_id)
-    redis.call('RPUSH', members, task_id)
+    redis.call('HSET', task_key, unpack(state_fields(fields, 'waiting-for-endpoint', now)))
+    count(group_id, false, 'waiting-for-endpoint')
+    redis.call('EXPIRE', task_key, ttl)
+    table.insert(endings, ending)
+    table.insert(endings, task_id)
+    table.insert(new_ids, task_id)
   end
 end
+if #endings > 0 then in_parts('ZADD', KEY_TEMPLATES.endings, endings) end
+if #new_ids > 0 then in_parts('RPUSH', members, new_ids) end
+write_counts()  -- before their expiry is set: the hash exists then
 redis.call('HSET', group_key, 'owner', owner, 'updated', now)
 redis.call('ZADD', owner_groups, now, group_id)
 redis.call('ZREMRANGEBYSCORE', owner_groups, '-inf', now - ttl)  -- groups expired by now
