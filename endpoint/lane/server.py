@@ -44,28 +44,53 @@ PLUGIN_NAME = "fedcompute-lane"
 GRACE = {"walltime": 5.0, "cancel": 1.0}
 
 
+#: Most tasks an executor takes from the lane's queue at once (without walltimes: a task with
+#: one goes alone, under its timer). It starts at one task and doubles while its batches end
+#: within ``QUICK`` seconds, back to one after a slower batch: only quick tasks share a batch, so
+#: a long task holds at most the few quick ones sent with it (the rest stay in the queue,
+#: where the agent may steal them).
+BATCH = 8
+QUICK = 0.005
+
+
 class Executor:
-    """One executor process and the thread that feeds it, one task at a time."""
+    """One executor process and the thread that feeds it batches of tasks, run one at a time."""
 
     def __init__(self, lane: LaneServer, index: int):
         self.lane = lane
         self.index = index
         self.proc: subprocess.Popen | None = None
         self.frames: PipeFrames | None = None
-        self.task: LeasedTask | None = None
-        self.stop_reason: str | None = None
+        self.stop_fd = -1  # the write end of the process's stop pipe
+        #: Its tasks in flight, the running one first (or the next to send).
+        self.batch: list[LeasedTask] = []
+        self.stops: dict[str, str] = {}  # task id -> why, for tasks of the batch asked to stop
         self.known: set[str] = set()
-        self.sent = False  # the task went to the process (a stop must signal it)
+        self.sent = False  # the batch went to the process (a stop must signal it)
+        self.size = 1  # of its next batch
         self.retiring = False  # its task gave its slot to a spare: ends after the task
         self._lock = threading.Lock()
         threading.Thread(target=self._run, daemon=True, name=f"fedcompute-lane-{index}").start()
 
+    @property
+    def task(self) -> LeasedTask | None:
+        """The task running (or about to)."""
+        batch = self.batch
+        return batch[0] if batch else None
+
     def _spawn(self) -> None:
         # From this thread, which lives as long as the worker: the executor dies with it.
-        self.proc = process.spawn(
-            [sys.executable, "-m", "fedcompute.endpoint.lane.executor",
-             str(self.lane.max_result_size)], death_signal=signal.SIGKILL, new_session=False,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if self.stop_fd >= 0:
+            os.close(self.stop_fd)
+        read_end, self.stop_fd = os.pipe()
+        try:
+            self.proc = process.spawn(
+                [sys.executable, "-m", "fedcompute.endpoint.lane.executor",
+                 str(self.lane.max_result_size), str(read_end)], death_signal=signal.SIGKILL,
+                new_session=False, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
         self.frames = PipeFrames(self.proc.stdout.fileno(), self.proc.stdin.fileno())
         ready = self.frames.recv()
         if not ready:
@@ -73,9 +98,9 @@ class Executor:
         self.known = set()
 
     def _run(self) -> None:
-        # A result is reported once the next task is on its way to the process (or none is
-        # queued): between two tasks the process waits for one pipe hop, not also for the
-        # frame to the agent.
+        # A batch's last result is reported once the next batch is on its way to the process
+        # (or none is queued): between two batches the process waits for one pipe hop, not
+        # also for the frame to the agent.
         unreported: TaskResult | None = None
 
         def report() -> None:
@@ -90,38 +115,76 @@ class Executor:
             log.warning("lane executor %d could not start: %s", self.index, exc)
             self.proc = None
         while not self.lane.closed and not self.retiring:
-            task = self.lane.next_task(wait=unreported is None)
-            if task is None:
+            batch = self.lane.next_tasks(self.size, wait=unreported is None)
+            if not batch:
                 report()
                 continue
-            with self._lock:  # from now on a stop finds it here, even while we spawn
-                self.task, self.stop_reason, self.sent = task, None, False
+            with self._lock:  # from now on a stop finds them here, even while we spawn
+                self.batch, self.stops, self.sent = list(batch), {}, False
+            result = None
             try:
                 if self.proc is None or self.proc.poll() is not None:
                     self._spawn()
-                result = self._one(task, report)
+                result = self._run_batch(report)
             except Exception as exc:  # noqa: BLE001 - the executor could not be started
                 log.warning("lane executor %d: %s", self.index, exc)
-                result = TaskResult.failure(task.task_id, exc)
+                with self._lock:
+                    failed, self.batch = self.batch, []
+                for task in failed[:-1]:
+                    self.lane.done(TaskResult.failure(task.task_id, exc))
+                result = TaskResult.failure(failed[-1].task_id, exc) if failed else None
                 self.proc = None
             report()
             with self._lock:
-                self.task = None
+                left, self.batch, stops = self.batch, [], self.stops
+            # Not run (the process died or retired under an earlier task): queued again,
+            # unless asked to stop meanwhile.
+            for task in left:
+                if task.task_id in stops:
+                    self.lane.done(self._stopped(task, stops[task.task_id])
+                                   or TaskResult.cancelled(task.task_id))
+            self.lane.put_back([t for t in left if t.task_id not in stops])
             unreported = result
         report()
         if self.retiring:
             self.lane.retire(self)
 
-    def _one(self, task: LeasedTask, sent: Callable[[], None]) -> TaskResult:
-        body = None if task.function_id in self.known else self.lane.bodies[task.function_id]
+    def _run_batch(self, sent: Callable[[], None]) -> TaskResult | None:
+        """Send the batch and read its results: each one but the last is reported as it comes,
+        the last is returned. Tasks the process did not get to stay in ``self.batch``."""
         with self._lock:
-            reason, self.sent = self.stop_reason, self.stop_reason is None
-        if reason is not None:  # stopped before it could start
-            return self._stopped(task, reason) or TaskResult.cancelled(task.task_id)
-        self.frames.send([task.lane_wire(), body])
+            stopped = [(t, self.stops[t.task_id]) for t in self.batch if t.task_id in self.stops]
+            self.batch = [t for t in self.batch if t.task_id not in self.stops]
+            self.sent = bool(self.batch)
+            batch = list(self.batch)
+        for task, reason in stopped:  # stopped before they went: they never start
+            self.lane.done(self._stopped(task, reason) or TaskResult.cancelled(task.task_id))
+        if not batch:
+            return None
+        wires = []
+        for task in batch:
+            body = None if task.function_id in self.known else self.lane.bodies[task.function_id]
+            self.known.add(task.function_id)
+            wires.append([task.lane_wire(), body])
+        began = time.monotonic()
+        self.frames.send(wires)
         sent()
-        self.lane.started(task)  # after the last result: a later frame takes it along
-        self.known.add(task.function_id)
+        result = None
+        for task in batch:
+            if result is not None:
+                self.lane.done(result)
+            self.lane.started(task)  # after the last result: a later frame takes it along
+            result = self._result_of(task)
+            with self._lock:
+                self.batch.pop(0)
+            if self.proc is None or self.retiring:
+                break  # it died under the task, or retires after it: the rest stays queued
+        quick = time.monotonic() - began < QUICK
+        self.size = min(BATCH, self.size * 2) if quick else 1
+        return result
+
+    def _result_of(self, task: LeasedTask) -> TaskResult:
+        """Wait for the result of ``task``, the one the process runs now."""
         timer = None
         if task.walltime:
             timer = threading.Timer(task.walltime, self.stop, (task.task_id, "walltime"))
@@ -139,7 +202,7 @@ class Executor:
             if timer is not None:
                 timer.cancel()
             with self._lock:
-                reason = self.stop_reason
+                reason = self.stops.get(task.task_id)
         if reply is None:  # the executor died under the task
             code = self.proc.wait()
             self.proc = None
@@ -162,17 +225,25 @@ class Executor:
                 f"task ran past its walltime of {task.walltime}s and was stopped"))
         return None
 
+    def holds(self, task_id: str) -> bool:
+        return any(t.task_id == task_id for t in self.batch)
+
     def stop(self, task_id: str, reason: str) -> bool:
-        """Stop ``task_id`` if this executor holds it: the signal now, SIGKILL after grace
-        (not sent yet: it never starts)."""
+        """Stop ``task_id`` if this executor holds it: not sent yet, it never starts; sent, the
+        process learns which task (the stop pipe), then the signal; SIGKILL after grace if it
+        still runs it."""
         with self._lock:
-            if self.task is None or self.task.task_id != task_id:
+            if not self.holds(task_id):
                 return False
-            self.stop_reason = reason
+            self.stops[task_id] = reason
             if not self.sent or self.proc is None:
                 return True
-            proc = self.proc
-        proc.send_signal(STOP_CANCEL if reason == "cancel" else STOP_WALLTIME)
+            proc, stop_fd = self.proc, self.stop_fd
+        try:
+            os.write(stop_fd, task_id.encode() + b"\n")
+            proc.send_signal(STOP_CANCEL if reason == "cancel" else STOP_WALLTIME)
+        except OSError:  # it exited meanwhile: its thread reports the task
+            return True
         killer = threading.Timer(GRACE[reason], self._kill_if_still, (task_id, proc))
         killer.daemon = True
         killer.start()
@@ -279,9 +350,8 @@ class LaneServer:
         for t in queued:
             self.done(TaskResult.cancelled(t.task_id))
         for executor in list(self.executors):
-            task = executor.task
-            if task is not None and task.task_id in wanted:
-                executor.stop(task.task_id, why)
+            for task_id in wanted:
+                executor.stop(task_id, why)
 
     # --- executors -------------------------------------------------------------------
 
@@ -301,11 +371,29 @@ class LaneServer:
         if executor.proc is not None and executor.proc.poll() is None:
             executor.proc.wait()  # it exits on its own after the task
 
-    def next_task(self, wait: bool = True) -> LeasedTask | None:
+    def next_tasks(self, most: int, wait: bool = True) -> list[LeasedTask]:
+        """The next batch for an executor: up to ``most`` tasks without walltimes (and at most
+        its share of the queue, so that the others get theirs), or one with a walltime."""
         with self._ready:
             if not self._queue and wait:
                 self._ready.wait(1.0)
-            return self._queue.popleft() if self._queue else None
+            if not self._queue:
+                return []
+            if self._queue[0].walltime is not None:
+                return [self._queue.popleft()]
+            share = min(most, max(1, len(self._queue) // len(self.executors)))
+            batch = []
+            while self._queue and len(batch) < share and self._queue[0].walltime is None:
+                batch.append(self._queue.popleft())
+            return batch
+
+    def put_back(self, tasks: list[LeasedTask]) -> None:
+        """Tasks an executor took but did not run: first in the queue again."""
+        if not tasks:
+            return
+        with self._ready:
+            self._queue.extendleft(reversed(tasks))
+            self._ready.notify(len(tasks))
 
     def started(self, task: LeasedTask) -> None:
         self._outbox.put({"op": "started", "task_ids": [task.task_id], "host": self.host,

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from fedcompute import serialize
 from fedcompute.endpoint.lane.frames import SocketFrames
+from fedcompute.endpoint.lane import server as lane_server
 from fedcompute.endpoint.lane.server import LaneServer
 from fedcompute.endpoint.records import LeasedTask, TaskResult
 
@@ -29,6 +30,12 @@ def nap(seconds):
 
 def die():
     os._exit(3)
+
+
+def mark(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
 
 
 @pytest.fixture
@@ -112,6 +119,73 @@ def test_a_task_that_kills_its_process_fails_alone(lane):
     results = _results(frames, 11)
     assert "WorkerLost" in results[culprit.task_id].exception["type"]
     assert all(results[t.task_id].status == "success" for t, _ in bystanders)
+
+
+def _one_executor_batching():
+    """A lane with one executor whose batches have grown to their most (quick tasks)."""
+    server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20)
+    frames = _connect(server)
+    frames.recv()
+    for i in range(6):
+        t = _task(square, i)
+        _run(frames, t)
+        _results(frames, 1)
+    assert server.executors[0].size == lane_server.BATCH
+    return server, frames
+
+
+def test_quick_tasks_share_a_batch_and_a_stop_skips_one_not_started(tmp_path):
+    server, frames = _one_executor_batching()
+    try:
+        head = _task(nap, 1.5)
+        marks = [_task(mark, str(tmp_path / f"m{i}")) for i in range(3)]
+        _run(frames, head, *marks)
+        time.sleep(0.5)
+        executor = server.executors[0]
+        assert [t.task_id for t in executor.batch] == [t.task_id for t, _ in [head, *marks]]
+        frames.send({"op": "stop", "task_ids": [marks[1][0].task_id], "why": "cancel"})
+        results = _results(frames, 4)
+        assert serialize.loads(results[head[0].task_id].result) == "woke"  # not stopped
+        assert results[marks[1][0].task_id].status == "cancelled"
+        assert not (tmp_path / "m1").exists()  # it never ran
+        for t in (marks[0], marks[2]):
+            assert results[t[0].task_id].status == "success"
+        assert (tmp_path / "m0").exists() and (tmp_path / "m2").exists()
+        assert executor.size == 1  # that batch was slow: the next one is a single task
+    finally:
+        server.close()
+
+
+def test_cancelling_the_running_task_of_a_batch_stops_only_it():
+    server, frames = _one_executor_batching()
+    try:
+        head = _task(nap, 60)
+        rest = [_task(square, i) for i in range(3)]
+        _run(frames, head, *rest)
+        time.sleep(0.5)
+        started = time.monotonic()
+        frames.send({"op": "stop", "task_ids": [head[0].task_id], "why": "cancel"})
+        results = _results(frames, 4)
+        assert time.monotonic() - started < 3
+        assert results[head[0].task_id].status == "cancelled"
+        assert [serialize.loads(results[t.task_id].result) for t, _ in rest] == [0, 1, 4]
+    finally:
+        server.close()
+
+
+def test_a_batch_whose_process_dies_reruns_the_tasks_it_did_not_reach():
+    server, frames = _one_executor_batching()
+    try:
+        first = _task(square, 3)
+        culprit = _task(die)
+        rest = [_task(square, i) for i in range(3)]
+        _run(frames, first, culprit, *rest)
+        results = _results(frames, 5)
+        assert serialize.loads(results[first[0].task_id].result) == 9
+        assert "WorkerLost" in results[culprit[0].task_id].exception["type"]
+        assert [serialize.loads(results[t.task_id].result) for t, _ in rest] == [0, 1, 4]
+    finally:
+        server.close()
 
 
 def test_the_wrong_secret_is_refused(lane):
