@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import threading
@@ -59,12 +60,13 @@ class SocketFrames:
 
 class PipeFrames:
     """Frames over a pair of file descriptors (a child process's private pipes); ``send``
-    may be called from several threads."""
+    may be called from several threads, ``recv`` from one."""
 
     def __init__(self, read_fd: int, write_fd: int):
         self.read_fd = read_fd
         self.write_fd = write_fd
         self._lock = threading.Lock()
+        self._buf = bytearray()
 
     def send(self, obj: Any) -> None:
         data = memoryview(encode(obj))
@@ -72,20 +74,28 @@ class PipeFrames:
             while data:
                 data = data[os.write(self.write_fd, data):]
 
-    def _read(self, n: int) -> bytes | None:
-        parts, left = [], n
-        while left:
-            chunk = os.read(self.read_fd, min(left, 1 << 20))
-            if not chunk:
-                return None
-            parts.append(chunk)
-            left -= len(chunk)
-        return b"".join(parts)
+    def _buffered(self) -> int:
+        """The length of the whole frame at the head of the buffer, or 0."""
+        if len(self._buf) < 4:
+            return 0
+        (length,) = _LENGTH.unpack_from(self._buf)
+        if length > MAX_FRAME:
+            raise ValueError(f"frame of {length} bytes refused")
+        return 4 + length if len(self._buf) >= 4 + length else 0
+
+    def ready(self) -> bool:
+        """Whether ``recv`` has something at once (a frame, or the first bytes of one)."""
+        if self._buffered():
+            return True
+        return bool(select.select([self.read_fd], [], [], 0)[0])
 
     def recv(self) -> Any:
-        head = self._read(4)
-        if head is None:
-            return None
-        (length,) = _LENGTH.unpack(head)
-        data = self._read(length) if length else b""
-        return None if data is None else unpackb(data)
+        """The next frame, or None when the other side closed."""
+        while not (size := self._buffered()):
+            chunk = os.read(self.read_fd, 1 << 20)
+            if not chunk:
+                return None
+            self._buf += chunk
+        data = bytes(self._buf[4:size])
+        del self._buf[:size]
+        return unpackb(data)

@@ -169,16 +169,21 @@ class Executor:
         began = time.monotonic()
         self.frames.send(wires)
         sent()
-        result = None
+        result, unreported = None, []
         for task in batch:
             if result is not None:
-                self.lane.done(result)
+                unreported.append(result)
+            if unreported and not self.frames.ready():  # report before waiting, not each
+                self.lane.done(*unreported)
+                unreported = []
             self.lane.started(task)  # after the last result: a later frame takes it along
             result = self._result_of(task)
             with self._lock:
                 self.batch.pop(0)
             if self.proc is None or self.retiring:
                 break  # it died under the task, or retires after it: the rest stays queued
+        if unreported:
+            self.lane.done(*unreported)
         quick = time.monotonic() - began < QUICK
         self.size = min(BATCH, self.size * 2) if quick else 1
         return result
@@ -414,8 +419,9 @@ class LaneServer:
         self._outbox.put({"op": "output", "batch": batch})
         self._flush()
 
-    def done(self, result: TaskResult) -> None:
-        self._outbox.put({"op": "result", "result": result.wire()})
+    def done(self, *results: TaskResult) -> None:
+        for result in results:
+            self._outbox.put({"op": "result", "result": result.wire()})
         self._flush()
 
     def _flush(self) -> None:
