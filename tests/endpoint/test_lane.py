@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 from fedcompute import serialize
-from fedcompute.endpoint.lane.frames import SocketFrames
 from fedcompute.endpoint.lane import server as lane_server
+from fedcompute.endpoint.lane.frames import SocketFrames
 from fedcompute.endpoint.lane.server import LaneServer
 from fedcompute.endpoint.records import LeasedTask, TaskResult
 
