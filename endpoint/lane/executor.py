@@ -34,9 +34,26 @@ _seceded = False
 _stop_fd = -1
 _stops: set[str] = set()  # ids the lane asked to stop (see the module's docstring)
 _stop_buf = b""
+_reading = _again = False
 
 
 def _read_stops() -> None:
+    global _reading, _again
+    if _reading:  # a second signal inside the first's handler: the first one reads again
+        _again = True
+        return
+    _reading = True
+    try:
+        while True:
+            _again = False
+            _read_stop_pipe()
+            if not _again:
+                break
+    finally:
+        _reading = False
+
+
+def _read_stop_pipe() -> None:
     global _stop_buf
     while True:
         try:
