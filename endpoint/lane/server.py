@@ -44,11 +44,13 @@ PLUGIN_NAME = "fedcompute-lane"
 GRACE = {"walltime": 5.0, "cancel": 1.0}
 
 
-#: Most tasks an executor takes from the lane's queue at once (without walltimes: a task with
-#: one goes alone, under its timer). It starts at one task and doubles while its batches end
-#: within ``QUICK`` seconds, back to one after a slower batch: only quick tasks share a batch, so
-#: a long task holds at most the few quick ones sent with it (the rest stay in the queue,
-#: where the agent may steal them).
+#: Most tasks an executor may take from the lane's queue at once, when its lane allows batches
+#: (``LaneServer(batch=...)``; tasks with walltimes always go alone, under their timer). The
+#: batch starts at one task and doubles while batches end within ``QUICK`` seconds, back to one
+#: after a slower batch. Off (1) by default: a long task that follows quick ones still holds the
+#: quick tasks sent with it, out of the agent's work stealing, until it ends (a 120 s task kept
+#: a 0 s one waiting while the other lane sat idle). Safe batching needs those tasks taken back
+#: from a batch whose head runs long.
 BATCH = 8
 QUICK = 0.005
 
@@ -185,7 +187,7 @@ class Executor:
         if unreported:
             self.lane.done(*unreported)
         quick = time.monotonic() - began < QUICK
-        self.size = min(BATCH, self.size * 2) if quick else 1
+        self.size = min(self.lane.batch, self.size * 2) if quick else 1
         return result
 
     def _result_of(self, task: LeasedTask) -> TaskResult:
@@ -271,7 +273,10 @@ STARTED_DELAY = 0.02
 class LaneServer:
     """The lane of one Dask worker process."""
 
-    def __init__(self, host: str, secret: str, executors: int, max_result_size: int):
+    def __init__(self, host: str, secret: str, executors: int, max_result_size: int,
+                 batch: int = 1):
+        #: Most tasks an executor takes at once (see ``BATCH``).
+        self.batch = max(1, batch)
         self.secret = secret
         self.max_result_size = max_result_size
         self.closed = False

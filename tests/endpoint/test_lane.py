@@ -131,7 +131,8 @@ def test_a_task_that_kills_its_process_fails_alone(lane):
 
 def _one_executor_batching():
     """A lane with one executor whose batches have grown to their most (quick tasks)."""
-    server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20)
+    server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20,
+                        batch=lane_server.BATCH)
     frames = _connect(server)
     frames.recv()
     for i in range(6):
@@ -192,6 +193,28 @@ def test_a_batch_whose_process_dies_reruns_the_tasks_it_did_not_reach():
         assert serialize.loads(results[first[0].task_id].result) == 9
         assert "WorkerLost" in results[culprit[0].task_id].exception["type"]
         assert [serialize.loads(results[t.task_id].result) for t, _ in rest] == [0, 1, 4]
+    finally:
+        server.close()
+
+
+def test_without_batches_a_quick_task_never_waits_behind_a_long_one():
+    """The default lane sends one task at a time: a quick task queued after a long one stays
+    in the lane's queue (the agent may steal it), never in the long one's batch."""
+    server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20)
+    try:
+        frames = _connect(server)
+        frames.recv()
+        for i in range(6):
+            _run(frames, _task(square, i))
+            _results(frames, 1)
+        long, short = _task(nap, 60), _task(square, 2)
+        _run(frames, long, short)
+        time.sleep(0.5)
+        assert [t.task_id for t in server.executors[0].batch] == [long[0].task_id]
+        frames.send({"op": "steal", "n": 1})
+        while (frame := frames.recv()).get("returned") is None:
+            pass
+        assert frame["returned"] == [short[0].task_id]
     finally:
         server.close()
 
