@@ -143,8 +143,7 @@ class Executor:
             # unless asked to stop meanwhile.
             for task in left:
                 if task.task_id in stops:
-                    self.lane.done(self._stopped(task, stops[task.task_id])
-                                   or TaskResult.cancelled(task.task_id))
+                    self.lane.done(self._stopped_unstarted(task, stops[task.task_id]))
             self.lane.put_back([t for t in left if t.task_id not in stops])
             unreported = result
         report()
@@ -160,7 +159,7 @@ class Executor:
             self.sent = bool(self.batch)
             batch = list(self.batch)
         for task, reason in stopped:  # stopped before they went: they never start
-            self.lane.done(self._stopped(task, reason) or TaskResult.cancelled(task.task_id))
+            self.lane.done(self._stopped_unstarted(task, reason))
         if not batch:
             return None
         wires = []
@@ -221,6 +220,10 @@ class Executor:
         if reason == "cancel" and result.status == "failed":
             return TaskResult.cancelled(task.task_id, "while it ran")
         return result
+
+    def _stopped_unstarted(self, task: LeasedTask, reason: str) -> TaskResult:
+        """The result of a task asked to stop before the process started it."""
+        return self._stopped(task, reason) or TaskResult.cancelled(task.task_id)
 
     @staticmethod
     def _stopped(task: LeasedTask, reason: str | None) -> TaskResult | None:

@@ -129,22 +129,22 @@ def test_a_task_that_kills_its_process_fails_alone(lane):
     assert all(results[t.task_id].status == "success" for t, _ in bystanders)
 
 
-def _one_executor_batching():
-    """A lane with one executor whose batches have grown to their most (quick tasks)."""
+def _one_executor(batch: int = lane_server.BATCH):
+    """A lane with one executor that has run a few quick tasks (with batches allowed, its
+    batches have grown to their most)."""
     server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20,
-                        batch=lane_server.BATCH)
+                        batch=batch)
     frames = _connect(server)
     frames.recv()
     for i in range(6):
-        t = _task(square, i)
-        _run(frames, t)
+        _run(frames, _task(square, i))
         _results(frames, 1)
-    assert server.executors[0].size == lane_server.BATCH
+    assert server.executors[0].size == batch
     return server, frames
 
 
 def test_quick_tasks_share_a_batch_and_a_stop_skips_one_not_started(tmp_path):
-    server, frames = _one_executor_batching()
+    server, frames = _one_executor()
     try:
         head = _task(nap, 1.5)
         marks = [_task(mark, str(tmp_path / f"m{i}")) for i in range(3)]
@@ -166,7 +166,7 @@ def test_quick_tasks_share_a_batch_and_a_stop_skips_one_not_started(tmp_path):
 
 
 def test_cancelling_the_running_task_of_a_batch_stops_only_it():
-    server, frames = _one_executor_batching()
+    server, frames = _one_executor()
     try:
         head = _task(nap, 60)
         rest = [_task(square, i) for i in range(3)]
@@ -183,7 +183,7 @@ def test_cancelling_the_running_task_of_a_batch_stops_only_it():
 
 
 def test_a_batch_whose_process_dies_reruns_the_tasks_it_did_not_reach():
-    server, frames = _one_executor_batching()
+    server, frames = _one_executor()
     try:
         first = _task(square, 3)
         culprit = _task(die)
@@ -200,13 +200,8 @@ def test_a_batch_whose_process_dies_reruns_the_tasks_it_did_not_reach():
 def test_without_batches_a_quick_task_never_waits_behind_a_long_one():
     """The default lane sends one task at a time: a quick task queued after a long one stays
     in the lane's queue (the agent may steal it), never in the long one's batch."""
-    server = LaneServer("127.0.0.1", "s3cret", executors=1, max_result_size=1 << 20)
+    server, frames = _one_executor(batch=1)
     try:
-        frames = _connect(server)
-        frames.recv()
-        for i in range(6):
-            _run(frames, _task(square, i))
-            _results(frames, 1)
         long, short = _task(nap, 60), _task(square, 2)
         _run(frames, long, short)
         time.sleep(0.5)
